@@ -1,0 +1,483 @@
+//! The buffered, terminator-framed channel: asynchat's `async_chat`, on the reactor.
+//!
+//! A [`Chat`] owns a [`Stream`] (a TCP socket now, TLS later), the unframed leftover of its
+//! input, the current [`Terminator`] and an output queue. Its owner supplies the protocol as a
+//! [`ChatHandler`]: `collect_incoming_data` receives input up to the terminator, as it arrives;
+//! `found_terminator` runs when the terminator is seen and may push replies, change the
+//! terminator, pause input or ask to close. [`ChatDispatcher`] is the ready-made
+//! [`Dispatcher`] that puts the two together (`class MyChannel(asynchat.async_chat)`).
+//!
+//! # Differences from asynchat, all deliberate
+//! - **Pausing** ([`ChatCtl::pause`]) stops framing in the middle of a buffer: pipelined input
+//!   already read waits, unframed, until [`ChatCtl::resume`], and the socket is not read
+//!   meanwhile. asynchat had no way to stop.
+//! - **Backpressure**: reading stops while more than
+//!   [`ChatOptions::output_high_water`] bytes of output wait, and resumes below the low mark. asynchat's
+//!   `readable()` was always true, so a client that never read its replies grew the server's memory.
+//! - **Reads go through one thread-wide 64 KiB scratch buffer**, and framing runs directly on it;
+//!   a connection keeps only its unframed leftover (usually empty, or a partial terminator), so an
+//!   idle connection holds no 64 KiB buffer.
+//! - **A bounded read budget per tick** keeps one fast client from starving the others.
+//! - **Peer half-close**: when the peer shuts its side down, complete units already received are
+//!   still framed and answered, output is flushed, then the channel closes.
+//! - **STARTTLS**: [`Chat::discard_input`] drops input buffered before a stream switch, as RFC 3207
+//!   requires.
+
+mod outbuf;
+mod terminator;
+
+pub use outbuf::Producer;
+pub use terminator::Terminator;
+
+use std::any::Any;
+use std::cell::Cell;
+use std::io::{self, Read, Write};
+
+use mio::event::Source;
+use mio::Interest;
+
+use crate::reactor::{Ctx, Dispatcher, TimerId};
+use outbuf::OutBuf;
+use terminator::Framing;
+
+/// A byte stream a [`Chat`] can own: anything readable, writable and registrable with mio
+/// (`mio::net::TcpStream`, `mio::net::UnixStream`, a pipe, a TLS wrapper).
+pub trait Stream: Read + Write + Source + 'static {}
+
+impl<T: Read + Write + Source + 'static> Stream for T {}
+
+/// Size of the thread-wide read buffer (asynchat's `ac_in_buffer_size`).
+pub const SCRATCH_SIZE: usize = 64 * 1024;
+
+thread_local! {
+    static SCRATCH: Cell<Vec<u8>> = const { Cell::new(Vec::new()) };
+}
+
+fn take_scratch() -> Vec<u8> {
+    let mut buf = SCRATCH.with(|s| s.take());
+    if buf.len() < SCRATCH_SIZE {
+        buf.resize(SCRATCH_SIZE, 0);
+    }
+    buf
+}
+
+fn put_scratch(buf: Vec<u8>) {
+    SCRATCH.with(|s| s.set(buf));
+}
+
+/// Limits of a [`Chat`].
+#[derive(Clone, Debug)]
+#[non_exhaustive]
+pub struct ChatOptions {
+    /// Most bytes read from the socket in one `on_readable` (default 256 KiB); the rest is read
+    /// on a later tick.
+    pub read_budget: usize,
+    /// Stop reading input while more output than this waits to be sent (default 256 KiB).
+    pub output_high_water: usize,
+    /// Resume reading once pending output drops below this (default 64 KiB).
+    pub output_low_water: usize,
+}
+
+impl Default for ChatOptions {
+    fn default() -> Self {
+        ChatOptions {
+            read_budget: 4 * SCRATCH_SIZE,
+            output_high_water: 256 * 1024,
+            output_low_water: 64 * 1024,
+        }
+    }
+}
+
+/// The part of a [`Chat`] a handler may use while input is being framed: output, terminator,
+/// pause and close. The counterpart of calling `self.push(...)` / `self.set_terminator(...)`
+/// inside an asynchat subclass.
+pub struct ChatCtl {
+    framing: Framing,
+    out: OutBuf,
+    paused: bool,
+    closing: bool,
+    throttled: bool,
+    options: ChatOptions,
+}
+
+impl ChatCtl {
+    /// Queues bytes for output (`async_chat.push`).
+    pub fn push(&mut self, data: &[u8]) {
+        self.out.push(data);
+        self.update_throttle();
+    }
+
+    /// Queues an owned buffer for output without copying large ones.
+    pub fn push_vec(&mut self, data: Vec<u8>) {
+        self.out.push_vec(data);
+        self.update_throttle();
+    }
+
+    /// Queues a lazy producer (`async_chat.push_with_producer`).
+    pub fn push_with_producer(&mut self, producer: Box<dyn Producer>) {
+        self.out.push_producer(producer);
+    }
+
+    /// Sets the terminator for the input that follows (`async_chat.set_terminator`). Called from
+    /// `found_terminator`, it applies to the very next byte of the buffer.
+    pub fn set_terminator(&mut self, terminator: Terminator) {
+        self.framing.set(terminator);
+    }
+
+    /// The current terminator (`async_chat.get_terminator`); a `Count` shows what is left.
+    pub fn terminator(&self) -> &Terminator {
+        &self.framing.terminator
+    }
+
+    /// Stops framing input, also in the middle of a buffer, and stops reading the socket, until
+    /// [`resume`](Self::resume). Used while an answer is deferred.
+    pub fn pause(&mut self) {
+        self.paused = true;
+    }
+
+    /// Resumes framing; input already buffered is framed at once by the owning
+    /// [`ChatDispatcher`] (or the next [`Chat::settle`]).
+    pub fn resume(&mut self) {
+        self.paused = false;
+    }
+
+    /// Whether input framing is paused.
+    pub fn is_paused(&self) -> bool {
+        self.paused
+    }
+
+    /// Closes the channel once all queued output has been sent (`close_when_done`). No more
+    /// input is read or framed.
+    pub fn close_when_done(&mut self) {
+        self.closing = true;
+    }
+
+    /// Whether [`close_when_done`](Self::close_when_done) was asked for.
+    pub fn is_closing(&self) -> bool {
+        self.closing
+    }
+
+    /// Bytes queued for output and not yet written.
+    pub fn pending_output(&self) -> usize {
+        self.out.len()
+    }
+
+    /// Drops all queued output (part of asynchat's `discard_buffers`).
+    pub fn discard_output(&mut self) {
+        self.out.clear();
+        self.update_throttle();
+    }
+
+    fn update_throttle(&mut self) {
+        let len = self.out.len();
+        if len > self.options.output_high_water {
+            self.throttled = true;
+        } else if len <= self.options.output_low_water {
+            self.throttled = false;
+        }
+    }
+}
+
+/// The protocol side of a [`Chat`]: what an `async_chat` subclass overrides.
+///
+/// Every method also gets the reactor's [`Ctx`], so a handler can set timers, spawn other
+/// dispatchers (an outgoing relay) or notify them.
+pub trait ChatHandler: 'static {
+    /// Input up to (not including) the terminator, in as many pieces as it arrived. Never called
+    /// with an empty slice.
+    fn collect_incoming_data(&mut self, data: &[u8]);
+
+    /// The terminator was seen (or a `Count` reached zero).
+    fn found_terminator(&mut self, chat: &mut ChatCtl, ctx: &mut Ctx<'_>);
+
+    /// The channel was registered: push a greeting, arm timers.
+    fn on_start(&mut self, _chat: &mut ChatCtl, _ctx: &mut Ctx<'_>) {}
+
+    /// A timer set through `ctx` fired.
+    fn on_timer(&mut self, _chat: &mut ChatCtl, _ctx: &mut Ctx<'_>, _timer: TimerId) {}
+
+    /// A notification arrived (from another dispatcher or thread).
+    fn on_notify(&mut self, _chat: &mut ChatCtl, _ctx: &mut Ctx<'_>, _message: Box<dyn Any>) {}
+
+    /// The peer shut down its sending side and every complete unit it sent has been framed.
+    /// Whatever is left in the buffer is an incomplete unit (`pending` bytes of it). The default
+    /// flushes queued output and closes, discarding the incomplete unit.
+    fn on_peer_closed(&mut self, chat: &mut ChatCtl, _ctx: &mut Ctx<'_>, _pending: usize) {
+        chat.close_when_done();
+    }
+
+    /// The channel is closing (any cause); the socket is closed right after.
+    fn on_close(&mut self, _chat: &mut ChatCtl, _ctx: &mut Ctx<'_>) {}
+}
+
+/// asynchat's `async_chat` minus the protocol: a stream, its unframed input and its output queue.
+pub struct Chat<S> {
+    stream: S,
+    /// Unframed input: a held-back partial terminator, or what was read while paused.
+    input: Vec<u8>,
+    ctl: ChatCtl,
+    peer_closed: bool,
+    peer_closed_reported: bool,
+    dead: bool,
+}
+
+impl<S: Stream> Chat<S> {
+    /// A chat over `stream` with a `\r\n` terminator and default options.
+    pub fn new(stream: S) -> Chat<S> {
+        Chat::with_options(stream, ChatOptions::default())
+    }
+
+    /// A chat with explicit limits.
+    pub fn with_options(stream: S, options: ChatOptions) -> Chat<S> {
+        Chat {
+            stream,
+            input: Vec::new(),
+            ctl: ChatCtl {
+                framing: Framing::new(Terminator::bytes("\r\n")),
+                out: OutBuf::default(),
+                paused: false,
+                closing: false,
+                throttled: false,
+                options,
+            },
+            peer_closed: false,
+            peer_closed_reported: false,
+            dead: false,
+        }
+    }
+
+    /// The controls also available to handlers (push, terminator, pause, close).
+    pub fn ctl(&mut self) -> &mut ChatCtl {
+        &mut self.ctl
+    }
+
+    /// The stream.
+    pub fn stream(&self) -> &S {
+        &self.stream
+    }
+
+    /// The stream, mutably (to register it, or to switch it to TLS after
+    /// [`discard_input`](Self::discard_input)).
+    pub fn stream_mut(&mut self) -> &mut S {
+        &mut self.stream
+    }
+
+    /// Bytes read but not yet framed.
+    pub fn buffered_input(&self) -> usize {
+        self.input.len()
+    }
+
+    /// Drops input read but not yet framed. RFC 3207: after `220 Ready to start TLS` nothing the
+    /// client sent before the handshake may be acted on.
+    pub fn discard_input(&mut self) {
+        self.input.clear();
+    }
+
+    /// asyncore's `readable()` for this chat.
+    pub fn wants_read(&self) -> bool {
+        !self.dead
+            && !self.peer_closed
+            && !self.ctl.paused
+            && !self.ctl.closing
+            && !self.ctl.throttled
+    }
+
+    /// asyncore's `writable()` for this chat.
+    pub fn wants_write(&self) -> bool {
+        !self.dead && !self.ctl.out.is_empty()
+    }
+
+    /// `handle_read`: reads what the socket has (within the read budget) and frames it.
+    pub fn handle_read<H: ChatHandler>(&mut self, handler: &mut H, ctx: &mut Ctx<'_>) {
+        let mut scratch = take_scratch();
+        let mut budget = self.ctl.options.read_budget;
+        while self.wants_read() && budget > 0 {
+            let want = budget.min(scratch.len());
+            match self.stream.read(&mut scratch[..want]) {
+                Ok(0) => self.peer_closed = true,
+                Ok(n) => {
+                    budget -= n;
+                    self.ingest(&scratch[..n], handler, ctx);
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    ctx.read_would_block();
+                    break;
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => {
+                    self.fail(ctx, e);
+                    break;
+                }
+            }
+        }
+        put_scratch(scratch);
+        self.settle(handler, ctx);
+    }
+
+    /// `handle_write`: sends queued output until done or `WouldBlock`.
+    pub fn handle_write(&mut self, ctx: &mut Ctx<'_>) {
+        while !self.dead {
+            let Some(front) = self.ctl.out.front() else {
+                break;
+            };
+            match self.stream.write(front) {
+                Ok(0) => {
+                    self.fail(ctx, io::ErrorKind::WriteZero.into());
+                    break;
+                }
+                Ok(n) => self.ctl.out.advance(n),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    ctx.write_would_block();
+                    break;
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => {
+                    self.fail(ctx, e);
+                    break;
+                }
+            }
+        }
+        self.ctl.update_throttle();
+        if self.ctl.closing && self.ctl.out.is_empty() {
+            ctx.close();
+        }
+    }
+
+    /// Brings the chat to rest after any hook: frames input left waiting by a pause that has
+    /// been lifted, reports a peer half-close once everything complete is framed, and closes a
+    /// channel whose `close_when_done` output is all sent. [`ChatDispatcher`] calls it after
+    /// every hook; call it likewise when you embed a `Chat` in your own dispatcher.
+    pub fn settle<H: ChatHandler>(&mut self, handler: &mut H, ctx: &mut Ctx<'_>) {
+        if self.dead {
+            return;
+        }
+        if !self.ctl.paused && !self.ctl.closing && !self.input.is_empty() {
+            let input = std::mem::take(&mut self.input);
+            let used = self.frame(&input, handler, ctx);
+            // Framing may have re-filled `input` only through this function, so it is empty.
+            self.input = input;
+            self.input.drain(..used);
+        }
+        if self.peer_closed && !self.peer_closed_reported && !self.ctl.paused && !self.ctl.closing
+        {
+            self.peer_closed_reported = true;
+            handler.on_peer_closed(&mut self.ctl, ctx, self.input.len());
+        }
+        if self.ctl.closing && self.ctl.out.is_empty() {
+            ctx.close();
+        }
+    }
+
+    fn fail(&mut self, ctx: &mut Ctx<'_>, error: io::Error) {
+        log::debug!("{:?}: {error}; closing", ctx.handle());
+        self.dead = true;
+        self.ctl.out.clear();
+        ctx.close();
+    }
+
+    /// Frames freshly read bytes: straight from the scratch buffer when nothing is left over,
+    /// so the common case copies nothing; what cannot be framed yet is kept.
+    fn ingest<H: ChatHandler>(&mut self, data: &[u8], handler: &mut H, ctx: &mut Ctx<'_>) {
+        if self.input.is_empty() {
+            let used = self.frame(data, handler, ctx);
+            self.input.extend_from_slice(&data[used..]);
+        } else {
+            self.input.extend_from_slice(data);
+            let input = std::mem::take(&mut self.input);
+            let used = self.frame(&input, handler, ctx);
+            self.input = input;
+            self.input.drain(..used);
+        }
+    }
+
+    /// asynchat's framing loop over `buf`; returns how many bytes were used.
+    fn frame<H: ChatHandler>(&mut self, buf: &[u8], handler: &mut H, ctx: &mut Ctx<'_>) -> usize {
+        let mut used = 0;
+        while used < buf.len() && !self.ctl.paused && !self.ctl.closing {
+            let rest = &buf[used..];
+            let step = self.ctl.framing.step(rest);
+            if step.data > 0 {
+                handler.collect_incoming_data(&rest[..step.data]);
+            }
+            used += step.consumed;
+            if step.found {
+                handler.found_terminator(&mut self.ctl, ctx);
+            } else {
+                break;
+            }
+        }
+        used
+    }
+}
+
+/// A [`Dispatcher`] made of a [`Chat`] and its [`ChatHandler`]: an `async_chat` subclass.
+pub struct ChatDispatcher<S, H> {
+    /// The channel.
+    pub chat: Chat<S>,
+    /// The protocol.
+    pub handler: H,
+}
+
+impl<S: Stream, H: ChatHandler> ChatDispatcher<S, H> {
+    /// Pairs a stream with a handler, with default [`ChatOptions`].
+    pub fn new(stream: S, handler: H) -> Self {
+        ChatDispatcher {
+            chat: Chat::new(stream),
+            handler,
+        }
+    }
+
+    /// Pairs a stream with a handler, with explicit options.
+    pub fn with_options(stream: S, handler: H, options: ChatOptions) -> Self {
+        ChatDispatcher {
+            chat: Chat::with_options(stream, options),
+            handler,
+        }
+    }
+}
+
+impl<S: Stream, H: ChatHandler> Dispatcher for ChatDispatcher<S, H> {
+    fn source(&mut self) -> Option<&mut dyn Source> {
+        Some(&mut self.chat.stream)
+    }
+
+    fn interest(&self) -> Interest {
+        Interest::READABLE | Interest::WRITABLE
+    }
+
+    fn on_start(&mut self, ctx: &mut Ctx<'_>) {
+        self.handler.on_start(&mut self.chat.ctl, ctx);
+        self.chat.settle(&mut self.handler, ctx);
+    }
+
+    fn wants_read(&self) -> bool {
+        self.chat.wants_read()
+    }
+
+    fn wants_write(&self) -> bool {
+        self.chat.wants_write()
+    }
+
+    fn on_readable(&mut self, ctx: &mut Ctx<'_>) {
+        self.chat.handle_read(&mut self.handler, ctx);
+    }
+
+    fn on_writable(&mut self, ctx: &mut Ctx<'_>) {
+        self.chat.handle_write(ctx);
+        self.chat.settle(&mut self.handler, ctx);
+    }
+
+    fn on_timer(&mut self, ctx: &mut Ctx<'_>, timer: TimerId) {
+        self.handler.on_timer(&mut self.chat.ctl, ctx, timer);
+        self.chat.settle(&mut self.handler, ctx);
+    }
+
+    fn on_notify(&mut self, ctx: &mut Ctx<'_>, message: Box<dyn Any>) {
+        self.handler.on_notify(&mut self.chat.ctl, ctx, message);
+        self.chat.settle(&mut self.handler, ctx);
+    }
+
+    fn on_close(&mut self, ctx: &mut Ctx<'_>) {
+        self.handler.on_close(&mut self.chat.ctl, ctx);
+    }
+}

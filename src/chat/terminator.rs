@@ -1,0 +1,174 @@
+//! Terminator framing exactly as asynchat does it, as pure functions over a byte slice.
+
+use memchr::memmem::Finder;
+
+/// What ends the current unit of input (`async_chat.set_terminator`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Terminator {
+    /// A byte string such as `b"\r\n"` or `b"\r\n.\r\n"`, found with `memchr::memmem`.
+    /// A partial terminator at the end of the buffer is held back until more input arrives.
+    Bytes(Vec<u8>),
+    /// A number of bytes still to collect; when they are in, the terminator becomes
+    /// `Count(0)` and `found_terminator` runs. `Count(0)` means the same as `None`, as in asynchat.
+    Count(usize),
+    /// No terminator: all input is collected as it arrives.
+    None,
+}
+
+impl Terminator {
+    /// A byte-string terminator. An empty string means [`Terminator::None`], as in asynchat.
+    pub fn bytes(t: impl Into<Vec<u8>>) -> Terminator {
+        let t = t.into();
+        if t.is_empty() {
+            Terminator::None
+        } else {
+            Terminator::Bytes(t)
+        }
+    }
+}
+
+/// A terminator with its searcher built once.
+pub(crate) struct Framing {
+    pub(crate) terminator: Terminator,
+    finder: Option<Finder<'static>>,
+}
+
+impl std::fmt::Debug for Framing {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.terminator.fmt(f)
+    }
+}
+
+/// The outcome of one framing step over a buffer.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) struct Step {
+    /// `buf[..data]` goes to `collect_incoming_data` (never called with nothing).
+    pub(crate) data: usize,
+    /// Bytes to drop from the front of the buffer (data plus terminator).
+    pub(crate) consumed: usize,
+    /// Whether `found_terminator` runs after the data is collected.
+    pub(crate) found: bool,
+}
+
+impl Framing {
+    pub(crate) fn new(terminator: Terminator) -> Framing {
+        let finder = match &terminator {
+            Terminator::Bytes(t) => Some(Finder::new(t).into_owned()),
+            _ => None,
+        };
+        Framing { terminator, finder }
+    }
+
+    pub(crate) fn set(&mut self, terminator: Terminator) {
+        if terminator != self.terminator {
+            *self = Framing::new(terminator);
+        }
+    }
+
+    /// One step of asynchat's `handle_read` loop over `buf` (non-empty).
+    pub(crate) fn step(&mut self, buf: &[u8]) -> Step {
+        let len = buf.len();
+        match &mut self.terminator {
+            Terminator::None | Terminator::Count(0) => Step {
+                data: len,
+                consumed: len,
+                found: false,
+            },
+            Terminator::Count(n) => {
+                if len < *n {
+                    *n -= len;
+                    Step {
+                        data: len,
+                        consumed: len,
+                        found: false,
+                    }
+                } else {
+                    let data = *n;
+                    *n = 0;
+                    Step {
+                        data,
+                        consumed: data,
+                        found: true,
+                    }
+                }
+            }
+            Terminator::Bytes(t) => {
+                let finder = self.finder.as_ref().expect("finder built with terminator");
+                match finder.find(buf) {
+                    Some(i) => Step {
+                        data: i,
+                        consumed: i + t.len(),
+                        found: true,
+                    },
+                    None => {
+                        let upto = len - prefix_at_end(buf, t);
+                        Step {
+                            data: upto,
+                            consumed: upto,
+                            found: false,
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// The length of the longest proper prefix of `needle` that `haystack` ends with
+/// (asynchat's `find_prefix_at_end`).
+pub(crate) fn prefix_at_end(haystack: &[u8], needle: &[u8]) -> usize {
+    let mut l = needle.len().saturating_sub(1).min(haystack.len());
+    while l > 0 && !haystack.ends_with(&needle[..l]) {
+        l -= 1;
+    }
+    l
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn prefix_at_end_matches_asynchat() {
+        assert_eq!(prefix_at_end(b"qwerty\r", b"\r\n"), 1);
+        assert_eq!(prefix_at_end(b"qwertydkjf", b"\r\n"), 0);
+        assert_eq!(prefix_at_end(b"abc\r\n.", b"\r\n.\r\n"), 3);
+        assert_eq!(prefix_at_end(b"\r\n.\r", b"\r\n.\r\n"), 4);
+        assert_eq!(prefix_at_end(b"", b"\r\n"), 0);
+        assert_eq!(prefix_at_end(b"\r", b"\r\n.\r\n"), 1);
+    }
+
+    #[test]
+    fn count_zero_collects_everything_like_none() {
+        let mut f = Framing::new(Terminator::Count(0));
+        assert_eq!(
+            f.step(b"abc"),
+            Step {
+                data: 3,
+                consumed: 3,
+                found: false
+            }
+        );
+    }
+
+    #[test]
+    fn count_counts_down_across_steps() {
+        let mut f = Framing::new(Terminator::Count(5));
+        assert!(!f.step(b"abc").found);
+        assert_eq!(f.terminator, Terminator::Count(2));
+        assert_eq!(
+            f.step(b"defg"),
+            Step {
+                data: 2,
+                consumed: 2,
+                found: true
+            }
+        );
+        assert_eq!(f.terminator, Terminator::Count(0));
+    }
+
+    #[test]
+    fn empty_bytes_terminator_is_none() {
+        assert_eq!(Terminator::bytes(""), Terminator::None);
+    }
+}

@@ -1,0 +1,4 @@
+//! smtpd
+#![forbid(unsafe_code)]
+pub mod chat;
+pub mod reactor;
