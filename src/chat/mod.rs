@@ -358,14 +358,22 @@ impl<S: Stream> Chat<S> {
             self.input = input;
             self.input.drain(..used);
         }
-        if self.peer_closed && !self.peer_closed_reported && !self.ctl.paused && !self.ctl.closing
-        {
+        if self.peer_closed && !self.peer_closed_reported && !self.ctl.paused && !self.ctl.closing {
             self.peer_closed_reported = true;
             handler.on_peer_closed(&mut self.ctl, ctx, self.input.len());
         }
         if self.ctl.closing && self.ctl.out.is_empty() {
             ctx.close();
         }
+    }
+
+    /// Frames bytes that did not come from this chat's own socket read: input decrypted by a TLS
+    /// layer, or test input. Exactly as if `data` had just been read.
+    pub fn feed<H: ChatHandler>(&mut self, data: &[u8], handler: &mut H, ctx: &mut Ctx<'_>) {
+        if !data.is_empty() {
+            self.ingest(data, handler, ctx);
+        }
+        self.settle(handler, ctx);
     }
 
     fn fail(&mut self, ctx: &mut Ctx<'_>, error: io::Error) {

@@ -130,7 +130,9 @@ mod tests {
     fn pushes_and_producers_come_out_in_order() {
         let mut out = OutBuf::default();
         out.push(b"220 hi\r\n");
-        out.push_producer(Box::new(vec![b"a".to_vec(), Vec::new(), b"bc".to_vec()].into_iter()));
+        out.push_producer(Box::new(
+            vec![b"a".to_vec(), Vec::new(), b"bc".to_vec()].into_iter(),
+        ));
         out.push(b"tail");
         assert_eq!(drain(&mut out, 3), b"220 hi\r\nabctail");
         assert!(out.is_empty());

@@ -31,6 +31,12 @@ impl Handle {
         }
     }
 
+    /// The slot index. Slots are reused after a dispatcher closes; the generation that tells the
+    /// old and the new occupant apart is kept inside the handle.
+    pub fn index(self) -> usize {
+        self.index as usize
+    }
+
     /// The slab index (the slot) this handle points at.
     pub(crate) fn slot(self) -> usize {
         self.index as usize
