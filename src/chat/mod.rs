@@ -124,6 +124,14 @@ impl ChatCtl {
         self.framing.set(terminator);
     }
 
+    /// Sets a byte terminator and declares its first `primed` bytes already seen just before the
+    /// next input byte. SMTP uses it for DATA: the CRLF that ended the `DATA` command line is the
+    /// first half of `CRLF.CRLF`, so a body of nothing (`.` CRLF right away) ends the message.
+    /// Ignored for other terminators; at most `len - 1` bytes can be primed.
+    pub fn set_terminator_primed(&mut self, terminator: Terminator, primed: usize) {
+        self.framing.set_primed(terminator, primed);
+    }
+
     /// The current terminator (`async_chat.get_terminator`); a `Count` shows what is left.
     pub fn terminator(&self) -> &Terminator {
         &self.framing.terminator

@@ -31,6 +31,9 @@ impl Terminator {
 pub(crate) struct Framing {
     pub(crate) terminator: Terminator,
     finder: Option<Finder<'static>>,
+    /// How many leading bytes of a `Bytes` terminator count as already seen just before the
+    /// next input byte (see `ChatCtl::set_terminator_primed`).
+    primed: usize,
 }
 
 impl std::fmt::Debug for Framing {
@@ -56,17 +59,56 @@ impl Framing {
             Terminator::Bytes(t) => Some(Finder::new(t).into_owned()),
             _ => None,
         };
-        Framing { terminator, finder }
+        Framing {
+            terminator,
+            finder,
+            primed: 0,
+        }
     }
 
     pub(crate) fn set(&mut self, terminator: Terminator) {
         if terminator != self.terminator {
             *self = Framing::new(terminator);
         }
+        self.primed = 0;
+    }
+
+    pub(crate) fn set_primed(&mut self, terminator: Terminator, primed: usize) {
+        self.set(terminator);
+        if let Terminator::Bytes(t) = &self.terminator {
+            self.primed = primed.min(t.len().saturating_sub(1));
+        }
+    }
+
+    /// The primed case: does the input begin with the rest of the terminator?
+    fn step_primed(&mut self, buf: &[u8]) -> Option<Step> {
+        let Terminator::Bytes(t) = &self.terminator else {
+            return None;
+        };
+        let rest = &t[self.primed..];
+        if buf.len() < rest.len() && rest.starts_with(buf) {
+            // Could still complete: wait for more input, collect nothing.
+            return Some(Step {
+                data: 0,
+                consumed: 0,
+                found: false,
+            });
+        }
+        self.primed = 0;
+        buf.starts_with(rest).then_some(Step {
+            data: 0,
+            consumed: rest.len(),
+            found: true,
+        })
     }
 
     /// One step of asynchat's `handle_read` loop over `buf` (non-empty).
     pub(crate) fn step(&mut self, buf: &[u8]) -> Step {
+        if self.primed > 0 {
+            if let Some(step) = self.step_primed(buf) {
+                return step;
+            }
+        }
         let len = buf.len();
         match &mut self.terminator {
             Terminator::None | Terminator::Count(0) => Step {
@@ -165,6 +207,42 @@ mod tests {
             }
         );
         assert_eq!(f.terminator, Terminator::Count(0));
+    }
+
+    #[test]
+    fn a_primed_terminator_matches_at_the_start_only() {
+        let mut f = Framing::new(Terminator::None);
+        f.set_primed(Terminator::bytes("\r\n.\r\n"), 2);
+        // ".\r" may still become ".\r\n": hold it.
+        assert_eq!(
+            f.step(b".\r"),
+            Step {
+                data: 0,
+                consumed: 0,
+                found: false
+            }
+        );
+        assert_eq!(
+            f.step(b".\r\nNEXT"),
+            Step {
+                data: 0,
+                consumed: 3,
+                found: true
+            }
+        );
+        // Once anything else arrived, the priming is gone.
+        f.set_primed(Terminator::bytes("\r\n.\r\n"), 2);
+        assert_eq!(
+            f.step(b"..x\r\n.\r\n"),
+            Step {
+                data: 3,
+                consumed: 8,
+                found: true
+            }
+        );
+        f.set_primed(Terminator::bytes("\r\n.\r\n"), 2);
+        assert!(!f.step(b".x").found);
+        assert_eq!(f.primed, 0);
     }
 
     #[test]

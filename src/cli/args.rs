@@ -1,0 +1,685 @@
+//! Command line parsing compatible with `python3 -m smtpd` (CPython 3.11).
+//!
+//! The accepted syntax is
+//! `smtpd [options] [localhost:localport [remotehost:remoteport]]`.
+//! Option handling follows Python's `getopt.getopt` (not `gnu_getopt`):
+//! option parsing stops at the first non-option argument, long options may
+//! be abbreviated to any unique prefix, and all options are read before any
+//! of them takes effect. Options then act in command line order, so `-h`
+//! before an invalid `-s` prints the help, while the reverse order reports
+//! the invalid size.
+
+use std::ffi::OsString;
+
+/// Settings gathered from the command line, mirroring CPython's `Options`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Options {
+    /// Whether to switch to the `nobody` user (`-n`/`--nosetuid` clears it).
+    pub setuid: bool,
+    /// Name of the server class to run (`-c`/`--class`), `PureProxy` by default.
+    pub classname: String,
+    /// Message size limit from `-s`/`--size`; `None` when not given, and
+    /// `Some(0)` means "no limit".
+    pub size_limit: Option<usize>,
+    /// Whether the SMTPUTF8 extension is enabled (`-u`/`--smtputf8`).
+    pub enable_smtputf8: bool,
+    /// Whether debugging output is enabled (`-d`/`--debug`).
+    pub debug: bool,
+    /// Host name or address to listen on (empty means all interfaces).
+    pub localhost: String,
+    /// Port to listen on.
+    pub localport: u16,
+    /// Host name or address of the upstream server.
+    pub remotehost: String,
+    /// Port of the upstream server.
+    pub remoteport: u16,
+}
+
+impl Default for Options {
+    /// The values used when no options or positional arguments are given.
+    fn default() -> Self {
+        Options {
+            setuid: true,
+            classname: "PureProxy".to_owned(),
+            size_limit: None,
+            enable_smtputf8: false,
+            debug: false,
+            localhost: "localhost".to_owned(),
+            localport: 8025,
+            remotehost: "localhost".to_owned(),
+            remoteport: 25,
+        }
+    }
+}
+
+/// The outcome of a successful parse.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Parsed {
+    /// Run the server with these options.
+    Run(Options),
+    /// `-h`/`--help`: print this usage text to stdout and exit with status 0.
+    Help(String),
+    /// `-V`/`--version`: print this line to stdout and exit with status 0.
+    Version(String),
+}
+
+/// A command line error: print `usage` (when not empty) and then `message`
+/// to stderr, then exit with `code`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CliError {
+    /// The error line, worded as CPython words it where CPython has one.
+    pub message: String,
+    /// Usage text to print before the message; empty for errors where
+    /// CPython prints the message alone (`Invalid size: ...`).
+    pub usage: String,
+    /// Process exit status (always 1, as CPython's `usage(1, msg)`).
+    pub code: i32,
+}
+
+impl std::fmt::Display for CliError {
+    /// Formats the message only.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for CliError {}
+
+/// Long option names with a flag telling whether each takes an argument,
+/// in the order CPython lists them (used for unique-prefix matching).
+const LONG_OPTIONS: &[(&str, bool)] = &[
+    ("class", true),
+    ("nosetuid", false),
+    ("version", false),
+    ("help", false),
+    ("size", true),
+    ("debug", false),
+    ("smtputf8", false),
+];
+
+/// One recognised option, collected before any of them takes effect.
+enum Opt {
+    Help,
+    Version,
+    NoSetuid,
+    Class(OsString),
+    Debug,
+    Smtputf8,
+    Size(OsString),
+}
+
+/// Builds the option from its canonical name (short letter or full long name).
+fn make_opt(name: &str, value: Option<OsString>) -> Opt {
+    match (name, value) {
+        ("h" | "help", _) => Opt::Help,
+        ("V" | "version", _) => Opt::Version,
+        ("n" | "nosetuid", _) => Opt::NoSetuid,
+        ("d" | "debug", _) => Opt::Debug,
+        ("u" | "smtputf8", _) => Opt::Smtputf8,
+        ("c" | "class", v) => Opt::Class(v.unwrap_or_default()),
+        (_, v) => Opt::Size(v.unwrap_or_default()),
+    }
+}
+
+/// Resolves a (possibly abbreviated) long option name the way Python's
+/// `getopt.long_has_args` does.
+fn resolve_long(name: &str) -> Result<(&'static str, bool), String> {
+    if let Some(&(full, has_arg)) = LONG_OPTIONS.iter().find(|(n, _)| *n == name) {
+        return Ok((full, has_arg));
+    }
+    let mut matches = LONG_OPTIONS.iter().filter(|(n, _)| n.starts_with(name));
+    match (matches.next(), matches.next()) {
+        (None, _) => Err(format!("option --{name} not recognized")),
+        (Some(&(full, has_arg)), None) => Ok((full, has_arg)),
+        (Some(_), Some(_)) => Err(format!("option --{name} not a unique prefix")),
+    }
+}
+
+/// Splits the arguments into options and positionals like `getopt.getopt`.
+fn collect(args: Vec<OsString>) -> Result<(Vec<Opt>, Vec<OsString>), String> {
+    use lexopt::Arg;
+
+    let mut parser = lexopt::Parser::from_args(args);
+    // getopt keeps a leading '=' in "-c=Foo" as part of the value.
+    parser.set_short_equals(false);
+    let mut opts = Vec::new();
+    let mut positionals = Vec::new();
+    loop {
+        let arg = parser.next().map_err(|e| e.to_string())?;
+        match arg {
+            None => break,
+            Some(Arg::Short(c)) => {
+                let has_arg = match c {
+                    'c' | 's' => true,
+                    'n' | 'V' | 'h' | 'd' | 'u' => false,
+                    _ => return Err(format!("option -{c} not recognized")),
+                };
+                let value = if has_arg {
+                    Some(
+                        parser
+                            .value()
+                            .map_err(|_| format!("option -{c} requires argument"))?,
+                    )
+                } else {
+                    None
+                };
+                opts.push(make_opt(c.encode_utf8(&mut [0; 4]), value));
+            }
+            Some(Arg::Long(name)) => {
+                let name = name.to_owned();
+                let (full, has_arg) = resolve_long(&name)?;
+                let value = if has_arg {
+                    Some(
+                        parser
+                            .value()
+                            .map_err(|_| format!("option --{full} requires argument"))?,
+                    )
+                } else {
+                    if parser.optional_value().is_some() {
+                        return Err(format!("option --{full} must not have an argument"));
+                    }
+                    None
+                };
+                opts.push(make_opt(full, value));
+            }
+            Some(Arg::Value(v)) => {
+                // getopt.getopt stops at the first non-option argument.
+                positionals.push(v);
+                if let Ok(rest) = parser.raw_args() {
+                    positionals.extend(rest);
+                }
+                break;
+            }
+        }
+    }
+    Ok((opts, positionals))
+}
+
+/// Parses a decimal integer the way Python's `int(str)` does: surrounding
+/// whitespace, an optional sign, leading zeros and single underscores
+/// between digits are accepted. Returns `None` when Python would raise
+/// `ValueError`; values too large for `i128` are also `None`.
+/// (Non-ASCII decimal digits, which Python accepts, are not.)
+fn py_int(text: &str) -> Option<i128> {
+    let s = text.trim_matches(char::is_whitespace);
+    let (negative, digits) = match s.as_bytes().first() {
+        Some(b'-') => (true, &s[1..]),
+        Some(b'+') => (false, &s[1..]),
+        _ => (false, s),
+    };
+    if digits.is_empty() || digits.starts_with('_') || digits.ends_with('_') {
+        return None;
+    }
+    let mut value: i128 = 0;
+    let mut previous_underscore = false;
+    for b in digits.bytes() {
+        match b {
+            b'_' if previous_underscore => return None,
+            b'_' => previous_underscore = true,
+            b'0'..=b'9' => {
+                previous_underscore = false;
+                value = value.checked_mul(10)?.checked_add(i128::from(b - b'0'))?;
+            }
+            _ => return None,
+        }
+    }
+    Some(if negative { -value } else { value })
+}
+
+/// Why a `host:port` spec was rejected.
+#[derive(Debug, PartialEq, Eq)]
+enum SpecError {
+    /// No `:` separator (or a malformed bracketed host).
+    Spec,
+    /// The port is not an integer in `0..=65535`.
+    Port,
+}
+
+/// Splits a `host:port` spec; see [`parse_spec`].
+fn split_spec(spec: &str) -> Result<(String, u16), SpecError> {
+    // "[host]:port" is our extension; anything else is split as CPython does.
+    let bracketed = spec
+        .strip_prefix('[')
+        .and_then(|s| s.split_once("]:"))
+        .filter(|(host, _)| !host.contains(']'));
+    let (host, port) = match bracketed {
+        Some(parts) => parts,
+        None => spec.split_once(':').ok_or(SpecError::Spec)?,
+    };
+    let port = py_int(port)
+        .and_then(|p| u16::try_from(p).ok())
+        .ok_or(SpecError::Port)?;
+    Ok((host.to_owned(), port))
+}
+
+/// Parses a `host:port` spec as CPython's `parseargs` does: the host is
+/// everything before the first `:` (possibly empty) and the port is the
+/// rest, read like Python's `int()`. As an extension, an IPv6 address may
+/// be given in brackets (`[::1]:8025` gives host `::1`); a spec starting
+/// with `[` but not of the form `[host]:port` is split the CPython way
+/// (so `[::1]` fails on its port). Returns `None` for
+/// a spec without `:` or a port outside `0..=65535`.
+pub fn parse_spec(spec: &str) -> Option<(String, u16)> {
+    split_spec(spec).ok()
+}
+
+/// Parses the size limit argument; negative values are rejected.
+fn parse_size(arg: &str) -> Option<usize> {
+    py_int(arg).and_then(|n| usize::try_from(n).ok())
+}
+
+/// Parses the command line (`args` excludes the program name).
+///
+/// `program` is used in the usage text; `version` is returned verbatim by
+/// `-V` (CPython prints its `__version__` string), e.g. `"smtpd-rs 0.1"`.
+pub fn parse_args<I: IntoIterator<Item = OsString>>(
+    args: I,
+    program: &str,
+    version: &str,
+) -> Result<Parsed, CliError> {
+    let with_usage = |message: String| CliError {
+        message,
+        usage: usage_text(program),
+        code: 1,
+    };
+    let (opts, positionals) = collect(args.into_iter().collect()).map_err(with_usage)?;
+
+    let mut options = Options::default();
+    for opt in opts {
+        match opt {
+            Opt::Help => return Ok(Parsed::Help(usage_text(program))),
+            Opt::Version => return Ok(Parsed::Version(version.to_owned())),
+            Opt::NoSetuid => options.setuid = false,
+            Opt::Class(name) => {
+                options.classname = name.into_string().map_err(|name| {
+                    with_usage(format!("Invalid class name: {}", name.to_string_lossy()))
+                })?;
+            }
+            Opt::Debug => options.debug = true,
+            Opt::Smtputf8 => options.enable_smtputf8 = true,
+            Opt::Size(arg) => {
+                let size = arg.to_str().and_then(parse_size);
+                options.size_limit = Some(size.ok_or_else(|| CliError {
+                    // CPython prints this message without the usage text.
+                    message: format!("Invalid size: {}", arg.to_string_lossy()),
+                    usage: String::new(),
+                    code: 1,
+                })?);
+            }
+        }
+    }
+
+    let (localspec, remotespec) = match positionals.as_slice() {
+        [] => (
+            OsString::from("localhost:8025"),
+            OsString::from("localhost:25"),
+        ),
+        [local] => (local.clone(), OsString::from("localhost:25")),
+        [local, remote] => (local.clone(), remote.clone()),
+        _ => {
+            let joined: Vec<_> = positionals.iter().map(|a| a.to_string_lossy()).collect();
+            return Err(with_usage(format!(
+                "Invalid arguments: {}",
+                joined.join(", ")
+            )));
+        }
+    };
+    (options.localhost, options.localport) = check_spec(&localspec, "local").map_err(with_usage)?;
+    (options.remotehost, options.remoteport) =
+        check_spec(&remotespec, "remote").map_err(with_usage)?;
+    Ok(Parsed::Run(options))
+}
+
+/// Parses one positional spec, producing CPython's error message on failure.
+fn check_spec(spec: &OsString, which: &str) -> Result<(String, u16), String> {
+    let lossy = spec.to_string_lossy();
+    let result = spec.to_str().ok_or(SpecError::Spec).and_then(split_spec);
+    result.map_err(|e| match e {
+        SpecError::Spec => format!("Bad {which} spec: {lossy}"),
+        SpecError::Port => format!("Bad {which} port: {lossy}"),
+    })
+}
+
+/// The usage text printed for `-h` and before most errors.
+///
+/// It documents the same options and defaults as CPython's module
+/// docstring, in this crate's own words.
+pub fn usage_text(program: &str) -> String {
+    format!(
+        "\
+An SMTP proxy server (RFC 5321) with optional SIZE (RFC 1870) and
+SMTPUTF8 (RFC 6531) support.
+
+Usage: {program} [options] [localhost:localport [remotehost:remoteport]]
+
+Options:
+
+    -n, --nosetuid
+        Do not switch to the user `nobody' at startup. Switching needs root
+        privileges, so give this flag when running as an ordinary user.
+
+    -V, --version
+        Show the version and exit.
+
+    -c, --class NAME
+        Handle mail with the server class NAME: DebuggingServer, PureProxy,
+        MailmanProxy or Sink. The default is PureProxy, as in Python.
+
+    -s, --size LIMIT
+        Accept messages of at most LIMIT bytes and announce the limit with
+        the SIZE extension (RFC 1870). The default is 33554432 (32 MiB);
+        0 means no limit.
+
+    -u, --smtputf8
+        Turn on the SMTPUTF8 extension (RFC 6531).
+
+    -d, --debug
+        Log the SMTP dialogue to stderr (RUST_LOG=debug does the same;
+        RUST_LOG=warn silences the one line logged per message).
+
+    -h, --help
+        Show this help and exit.
+
+The local address defaults to localhost:8025 and the remote address to
+localhost:25. Either port may be given without a host (`:8025') to mean
+all interfaces; put an IPv6 address in brackets, as in [::1]:8025.
+"
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Result<Parsed, CliError> {
+        parse_args(args.iter().map(OsString::from), "smtpd", "smtpd-rs 0.1")
+    }
+
+    fn run(args: &[&str]) -> Options {
+        match parse(args) {
+            Ok(Parsed::Run(o)) => o,
+            other => panic!("{args:?}: expected Run, got {other:?}"),
+        }
+    }
+
+    fn err(args: &[&str]) -> CliError {
+        match parse(args) {
+            Err(e) => e,
+            other => panic!("{args:?}: expected error, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn defaults() {
+        let o = run(&[]);
+        assert_eq!(o, Options::default());
+        assert!(o.setuid);
+        assert_eq!(o.classname, "PureProxy");
+        assert_eq!(o.size_limit, None);
+        assert!(!o.enable_smtputf8 && !o.debug);
+        assert_eq!((o.localhost.as_str(), o.localport), ("localhost", 8025));
+        assert_eq!((o.remotehost.as_str(), o.remoteport), ("localhost", 25));
+    }
+
+    #[test]
+    fn each_option_short_and_long() {
+        type Check = fn(&Options) -> bool;
+        let table: &[(&[&str], Check)] = &[
+            (&["-n"], |o| !o.setuid),
+            (&["--nosetuid"], |o| !o.setuid),
+            (&["--nos"], |o| !o.setuid),
+            (&["-u"], |o| o.enable_smtputf8),
+            (&["--smtputf8"], |o| o.enable_smtputf8),
+            (&["--sm"], |o| o.enable_smtputf8),
+            (&["-d"], |o| o.debug),
+            (&["--debug"], |o| o.debug),
+            (&["--d"], |o| o.debug),
+            (&["-c", "Sink"], |o| o.classname == "Sink"),
+            (&["-cSink"], |o| o.classname == "Sink"),
+            (&["-c=Sink"], |o| o.classname == "=Sink"),
+            (&["-c", "-n"], |o| o.classname == "-n" && o.setuid),
+            (&["--class", "Sink"], |o| o.classname == "Sink"),
+            (&["--class=Sink"], |o| o.classname == "Sink"),
+            (&["--class="], |o| o.classname.is_empty()),
+            (&["--cl=mod.Cls"], |o| o.classname == "mod.Cls"),
+            (&["-s", "1000"], |o| o.size_limit == Some(1000)),
+            (&["-s1000"], |o| o.size_limit == Some(1000)),
+            (&["--size", "1000"], |o| o.size_limit == Some(1000)),
+            (&["--size=1000"], |o| o.size_limit == Some(1000)),
+            (&["--si=7"], |o| o.size_limit == Some(7)),
+            (&["-s", "0"], |o| o.size_limit == Some(0)),
+            (&["-s", " +1_000 "], |o| o.size_limit == Some(1000)),
+            (&["-s", "-0"], |o| o.size_limit == Some(0)),
+            (&["-s", "1", "-s", "2"], |o| o.size_limit == Some(2)),
+        ];
+        for (args, check) in table {
+            let o = run(args);
+            assert!(check(&o), "{args:?} gave {o:?}");
+        }
+    }
+
+    #[test]
+    fn combined_short_options() {
+        let o = run(&["-nduc", "Foo", "-s10"]);
+        assert!(!o.setuid && o.debug && o.enable_smtputf8);
+        assert_eq!(o.classname, "Foo");
+        assert_eq!(o.size_limit, Some(10));
+        let o = run(&["-ncFoo"]);
+        assert_eq!((o.setuid, o.classname.as_str()), (false, "Foo"));
+        let o = run(&["-us", "5", "a:1", "b:2"]);
+        assert!(o.enable_smtputf8);
+        assert_eq!(o.size_limit, Some(5));
+        assert_eq!((o.localhost.as_str(), o.localport), ("a", 1));
+        assert_eq!((o.remotehost.as_str(), o.remoteport), ("b", 2));
+    }
+
+    #[test]
+    fn help_and_version() {
+        for args in [
+            &["-h"][..],
+            &["--help"],
+            &["--he"],
+            &["-nh"],
+            &["-h", "-s", "x"],
+        ] {
+            assert_eq!(parse(args).unwrap(), Parsed::Help(usage_text("smtpd")));
+        }
+        for args in [
+            &["-V"][..],
+            &["--version"],
+            &["--v"],
+            &["-V", "a", "b", "c"],
+        ] {
+            assert_eq!(
+                parse(args).unwrap(),
+                Parsed::Version("smtpd-rs 0.1".to_owned())
+            );
+        }
+        // Options act in order: the first of -h / -V wins.
+        assert_eq!(
+            parse(&["-V", "-h"]).unwrap(),
+            Parsed::Version("smtpd-rs 0.1".into())
+        );
+        // Option errors are found before any option acts.
+        assert_eq!(err(&["-h", "-x"]).message, "option -x not recognized");
+    }
+
+    #[test]
+    fn usage_text_contents() {
+        let u = usage_text("prog");
+        assert!(u.contains("Usage: prog [options] [localhost:localport [remotehost:remoteport]]"));
+        for word in [
+            "--nosetuid",
+            "--version",
+            "--class",
+            "--size",
+            "--smtputf8",
+            "--debug",
+            "--help",
+            "DebuggingServer",
+            "PureProxy",
+            "MailmanProxy",
+            "Sink",
+            "localhost:8025",
+            "localhost:25",
+        ] {
+            assert!(u.contains(word), "usage lacks {word}");
+        }
+    }
+
+    #[test]
+    fn positional_specs() {
+        type Addr = (&'static str, u16);
+        let table: &[(&[&str], Addr, Addr)] = &[
+            (&["127.0.0.1:2525"], ("127.0.0.1", 2525), ("localhost", 25)),
+            (&[":0"], ("", 0), ("localhost", 25)),
+            (&["a:1", "mx.example:587"], ("a", 1), ("mx.example", 587)),
+            (&["[::1]:8025"], ("::1", 8025), ("localhost", 25)),
+            (
+                &["[::]:25", "[2001:db8::1]:2525"],
+                ("::", 25),
+                ("2001:db8::1", 2525),
+            ),
+            (&["h:65535"], ("h", 65535), ("localhost", 25)),
+            (&["h: 0025 "], ("h", 25), ("localhost", 25)),
+            (&["--", "-h:1"], ("-h", 1), ("localhost", 25)),
+        ];
+        for (args, local, remote) in table {
+            let o = run(args);
+            assert_eq!((o.localhost.as_str(), o.localport), *local, "{args:?}");
+            assert_eq!((o.remotehost.as_str(), o.remoteport), *remote, "{args:?}");
+        }
+    }
+
+    #[test]
+    fn options_stop_at_first_positional() {
+        // getopt.getopt (not gnu_getopt): "-n" after a positional is positional.
+        let e = err(&["h:1", "-n"]);
+        assert_eq!(e.message, "Bad remote spec: -n");
+        let e = err(&["h:1", "--", "x:2"]);
+        assert_eq!(e.message, "Invalid arguments: h:1, --, x:2");
+    }
+
+    #[test]
+    fn errors() {
+        let table: &[(&[&str], &str)] = &[
+            (&["-x"], "option -x not recognized"),
+            (&["-nx"], "option -x not recognized"),
+            (&["-n=1"], "option -= not recognized"),
+            (&["--bogus"], "option --bogus not recognized"),
+            (&["--bogus=1"], "option --bogus not recognized"),
+            (&["--s"], "option --s not a unique prefix"),
+            (&["-c"], "option -c requires argument"),
+            (&["-s"], "option -s requires argument"),
+            (&["-nc"], "option -c requires argument"),
+            (&["--class"], "option --class requires argument"),
+            (&["--cla"], "option --class requires argument"),
+            (&["--size"], "option --size requires argument"),
+            (&["--debug=1"], "option --debug must not have an argument"),
+            (&["--nos=1"], "option --nosetuid must not have an argument"),
+            (&["a:1", "b:2", "c:3"], "Invalid arguments: a:1, b:2, c:3"),
+            (&["localhost"], "Bad local spec: localhost"),
+            (&["a:1", "remote"], "Bad remote spec: remote"),
+            (&["a:x"], "Bad local port: a:x"),
+            (&["a:"], "Bad local port: a:"),
+            (&["a:65536"], "Bad local port: a:65536"),
+            (&["a:-1"], "Bad local port: a:-1"),
+            (&["a:1_"], "Bad local port: a:1_"),
+            (&["::1:8025"], "Bad local port: ::1:8025"),
+            (&["[::1]"], "Bad local port: [::1]"),
+            (&["[::1]8025"], "Bad local port: [::1]8025"),
+            (&["[host]"], "Bad local spec: [host]"),
+            (&["-"], "Bad local spec: -"),
+            (&["--=x"], "option -- not a unique prefix"),
+            (&["[::1]:x"], "Bad local port: [::1]:x"),
+            (&["a:1", "b:99999"], "Bad remote port: b:99999"),
+            (&["a:1", "b:2x"], "Bad remote port: b:2x"),
+        ];
+        for (args, message) in table {
+            let e = err(args);
+            assert_eq!(e.message, *message, "{args:?}");
+            assert_eq!(e.code, 1, "{args:?}");
+            assert_eq!(e.usage, usage_text("smtpd"), "{args:?}");
+        }
+    }
+
+    #[test]
+    fn invalid_size_has_no_usage() {
+        for (arg, message) in [
+            ("abc", "Invalid size: abc"),
+            ("-1", "Invalid size: -1"),
+            ("", "Invalid size: "),
+            ("1__0", "Invalid size: 1__0"),
+            ("1e3", "Invalid size: 1e3"),
+            (
+                "99999999999999999999999999",
+                "Invalid size: 99999999999999999999999999",
+            ),
+        ] {
+            let e = err(&["-s", arg]);
+            assert_eq!((e.message.as_str(), e.code), (message, 1));
+            assert!(e.usage.is_empty());
+        }
+        assert_eq!(err(&["--size=-5"]).message, "Invalid size: -5");
+        // Options act in order, before positionals are checked.
+        assert_eq!(err(&["-s", "x", "-h"]).message, "Invalid size: x");
+        assert_eq!(err(&["-s", "x", "bad"]).message, "Invalid size: x");
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn non_utf8_arguments() {
+        use std::os::unix::ffi::OsStringExt;
+        let bad = || OsString::from_vec(vec![b'h', 0xff, b':', b'1']);
+        let e = parse_args([bad()], "smtpd", "v").unwrap_err();
+        assert_eq!(e.message, "Bad local spec: h\u{fffd}:1");
+        let e = parse_args([OsString::from("-c"), bad()], "smtpd", "v").unwrap_err();
+        assert_eq!(e.message, "Invalid class name: h\u{fffd}:1");
+        let e = parse_args([OsString::from("-s"), bad()], "smtpd", "v").unwrap_err();
+        assert_eq!(e.message, "Invalid size: h\u{fffd}:1");
+    }
+
+    #[test]
+    fn py_int_rules() {
+        let table = [
+            ("0", Some(0)),
+            ("0025", Some(25)),
+            ("+5", Some(5)),
+            ("-7", Some(-7)),
+            (" \t12\n", Some(12)),
+            ("\u{a0}5", Some(5)),
+            ("1_000", Some(1000)),
+            ("", None),
+            (" ", None),
+            ("+", None),
+            ("- 5", None),
+            ("+_1", None),
+            ("_1", None),
+            ("1_", None),
+            ("1__0", None),
+            ("\x1c5", None),
+            ("0x10", None),
+            ("1.0", None),
+        ];
+        for (text, want) in table {
+            assert_eq!(py_int(text), want, "{text:?}");
+        }
+    }
+
+    #[test]
+    fn parse_spec_helper() {
+        assert_eq!(
+            parse_spec("localhost:8025"),
+            Some(("localhost".into(), 8025))
+        );
+        assert_eq!(
+            parse_spec("[fe80::1%eth0]:25"),
+            Some(("fe80::1%eth0".into(), 25))
+        );
+        assert_eq!(parse_spec("a:b:1"), None);
+        assert_eq!(parse_spec("[a]b]:1"), Some(("[a]b]".into(), 1)));
+        assert_eq!(parse_spec("[h:25"), Some(("[h".into(), 25)));
+        assert_eq!(parse_spec("nocolon"), None);
+        assert_eq!(parse_spec("h:70000"), None);
+    }
+}

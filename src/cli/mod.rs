@@ -1,0 +1,216 @@
+//! The `smtpd` command line: `python3 -m smtpd` in Rust, reusable from a user's own binary.
+//!
+//! [`parse_args`] reads the options exactly as CPython's `smtpd.parseargs` does; [`main`] runs
+//! the whole program (bind, drop privileges, serve until SIGINT/SIGTERM) with a registry of
+//! server classes ([`Classes`]), so a user's binary can add its own classes by name — the
+//! counterpart of Python's `-c module.ClassName`.
+
+mod args;
+
+pub use args::{parse_args, parse_spec, usage_text, CliError, Options, Parsed};
+
+use std::cell::RefCell;
+use std::ffi::OsString;
+use std::io::Write;
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::rc::Rc;
+use std::time::Duration;
+
+use crate::reactor::Reactor;
+use crate::server::{Listener, ServerOptions, Shutdown, SmtpServer};
+use crate::servers::{DebuggingServer, Sink};
+use crate::smtp::DATA_SIZE_DEFAULT;
+
+/// The version line printed by `-V` (CPython prints its `__version__`).
+pub const VERSION: &str = concat!("smtpd-rs ", env!("CARGO_PKG_VERSION"));
+
+/// How long transactions in flight may take to finish after SIGINT/SIGTERM.
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
+
+/// What a server class is built from: the parsed options, and the remote address resolved at
+/// start-up (never inside the loop).
+#[derive(Debug)]
+pub struct ClassArgs<'a> {
+    /// The parsed command line.
+    pub options: &'a Options,
+    /// `remotehost:remoteport`, resolved; `None` if it does not resolve (a class that relays
+    /// should then fail with a clear message).
+    pub remote: Option<SocketAddr>,
+}
+
+type Factory = Box<dyn Fn(&ClassArgs<'_>) -> Result<Rc<RefCell<dyn SmtpServer>>, String>>;
+
+/// The server classes `-c NAME` can choose from.
+pub struct Classes {
+    entries: Vec<(String, Option<Factory>)>,
+}
+
+impl Classes {
+    /// The built-in classes: `DebuggingServer`, `Sink`, and the names of those not built yet
+    /// (`PureProxy`, `MailmanProxy`), which give a clear error when chosen.
+    pub fn builtin() -> Classes {
+        let mut classes = Classes {
+            entries: Vec::new(),
+        };
+        classes.register("DebuggingServer", |_| {
+            Ok(Rc::new(RefCell::new(DebuggingServer::new())))
+        });
+        classes.register("Sink", |_| Ok(Rc::new(RefCell::new(Sink::default()))));
+        classes.entries.push(("PureProxy".into(), None));
+        classes.entries.push(("MailmanProxy".into(), None));
+        classes
+    }
+
+    /// Adds (or replaces) a class under `name`.
+    pub fn register(
+        &mut self,
+        name: &str,
+        factory: impl Fn(&ClassArgs<'_>) -> Result<Rc<RefCell<dyn SmtpServer>>, String> + 'static,
+    ) {
+        self.entries.retain(|(n, _)| n != name);
+        self.entries
+            .push((name.to_string(), Some(Box::new(factory))));
+    }
+
+    /// The names of the classes that can run.
+    pub fn available(&self) -> Vec<&str> {
+        self.entries
+            .iter()
+            .filter(|(_, f)| f.is_some())
+            .map(|(n, _)| n.as_str())
+            .collect()
+    }
+
+    fn build(
+        &self,
+        name: &str,
+        args: &ClassArgs<'_>,
+    ) -> Result<Rc<RefCell<dyn SmtpServer>>, String> {
+        let available = self.available().join(", ");
+        match self.entries.iter().find(|(n, _)| n == name) {
+            Some((_, Some(factory))) => factory(args),
+            Some((_, None)) => Err(format!(
+                "server class {name} is not available in this version yet; available: {available}"
+            )),
+            None => Err(format!(
+                "unknown server class: {name} (available: {available})"
+            )),
+        }
+    }
+}
+
+impl std::fmt::Debug for Classes {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_list()
+            .entries(self.entries.iter().map(|(n, _)| n))
+            .finish()
+    }
+}
+
+fn resolve(host: &str, port: u16) -> Option<SocketAddr> {
+    let host = if host.is_empty() { "0.0.0.0" } else { host };
+    (host, port).to_socket_addrs().ok()?.next()
+}
+
+/// Switches to the user `nobody`: supplementary groups, then group, then user.
+fn drop_privileges() -> Result<(), String> {
+    use nix::unistd::{setgid, setgroups, setuid, User};
+    let user = User::from_name("nobody")
+        .ok()
+        .flatten()
+        .ok_or_else(|| "no user \"nobody\"".to_string())?;
+    setgroups(&[user.gid]).map_err(|e| e.to_string())?;
+    setgid(user.gid).map_err(|e| e.to_string())?;
+    setuid(user.uid).map_err(|e| e.to_string())?;
+    Ok(())
+}
+
+/// Runs the `smtpd` program with `args` (without the program name) and returns its exit status.
+/// `classes` are the choices for `-c`.
+pub fn main(args: impl IntoIterator<Item = OsString>, classes: &Classes) -> i32 {
+    let options = match parse_args(args, "smtpd", VERSION) {
+        Ok(Parsed::Run(options)) => options,
+        Ok(Parsed::Help(text)) => {
+            print!("{text}");
+            return 0;
+        }
+        Ok(Parsed::Version(text)) => {
+            println!("{text}");
+            return 0;
+        }
+        Err(e) => {
+            let mut stderr = std::io::stderr().lock();
+            if !e.usage.is_empty() {
+                let _ = writeln!(stderr, "{}", e.usage);
+            }
+            let _ = writeln!(stderr, "{}", e.message);
+            return e.code;
+        }
+    };
+    let level = if options.debug { "debug" } else { "info" };
+    let _ = env_logger::Builder::from_env(env_logger::Env::default().default_filter_or(level))
+        .format_target(false)
+        .try_init();
+    match serve(&options, classes) {
+        Ok(()) => 0,
+        Err(message) => {
+            eprintln!("{message}");
+            1
+        }
+    }
+}
+
+fn serve(options: &Options, classes: &Classes) -> Result<(), String> {
+    let local = resolve(&options.localhost, options.localport).ok_or_else(|| {
+        format!(
+            "Cannot resolve local address: {}:{}",
+            options.localhost, options.localport
+        )
+    })?;
+    let remote = resolve(&options.remotehost, options.remoteport);
+    let server = classes.build(&options.classname, &ClassArgs { options, remote })?;
+    let mut server_options = ServerOptions::default();
+    server_options.session.product = VERSION.to_string();
+    server_options.session.data_size_limit = options.size_limit.unwrap_or(DATA_SIZE_DEFAULT);
+    server_options.session.enable_smtputf8 = options.enable_smtputf8;
+
+    let mut reactor = Reactor::new().map_err(|e| format!("Cannot start the event loop: {e}"))?;
+    let listener = Listener::bind(&mut reactor, local, server, server_options)
+        .map_err(|e| format!("Cannot listen on {local}: {e}"))?;
+    // Bind first (port 25 needs root), then give root up, before any thread starts.
+    if options.setuid {
+        if let Err(e) = drop_privileges() {
+            log::debug!("dropping privileges: {e}");
+            return Err("Cannot setuid \"nobody\"; try running with -n option.".into());
+        }
+    }
+    let remote = reactor.remote();
+    let target = listener.handle();
+    let mut signals = signal_hook::iterator::Signals::new([
+        signal_hook::consts::SIGINT,
+        signal_hook::consts::SIGTERM,
+    ])
+    .map_err(|e| format!("Cannot handle signals: {e}"))?;
+    std::thread::spawn(move || {
+        let mut seen = 0;
+        for signal in signals.forever() {
+            seen += 1;
+            if seen == 1 {
+                log::info!("signal {signal}: shutting down gracefully");
+                remote.notify(
+                    target,
+                    Shutdown {
+                        grace: SHUTDOWN_GRACE,
+                    },
+                );
+            } else {
+                log::info!("signal {signal} again: stopping now");
+                remote.stop_handle().stop();
+            }
+        }
+    });
+    reactor
+        .run()
+        .map_err(|e| format!("The event loop failed: {e}"))?;
+    Ok(())
+}

@@ -1,0 +1,342 @@
+//! `SmtpChannel`: the one file where the chat layer (framing, output) meets the SMTP session
+//! (meaning). Bytes flow one way: chat → session → server → reply → chat.
+
+use std::any::Any;
+use std::cell::RefCell;
+use std::net::SocketAddr;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::rc::Rc;
+use std::sync::Arc;
+
+use super::listener::{ChannelShutdown, ListenerShared};
+use super::{local_error, Completion, Outcome, ServerCtx, SmtpServer};
+use crate::chat::{ChatCtl, ChatHandler, Terminator};
+use crate::reactor::{Ctx, TimerId};
+use crate::smtp::{Config, Framing, Message, Output, Reply, Session};
+
+/// A message handed to the server and not answered yet.
+struct Pending {
+    ticket: u64,
+    timer: TimerId,
+    summary: String,
+}
+
+/// The protocol half of one SMTP connection (Python's `SMTPChannel`).
+pub(crate) struct SmtpChannel {
+    session: Session,
+    server: Rc<RefCell<dyn SmtpServer>>,
+    shared: Rc<ListenerShared>,
+    peer: SocketAddr,
+    /// The unit (command line or message body) being collected.
+    unit: Vec<u8>,
+    /// The unit passed the session's input limit: the rest of it is discarded as it arrives.
+    oversize: bool,
+    /// The framing the chat is set to, to change the terminator only on a change.
+    framing: Framing,
+    outputs: Vec<Output>,
+    wire: Vec<u8>,
+    pending: Option<Pending>,
+    idle: Option<TimerId>,
+    shutdown: Option<TimerId>,
+    shutting_down: bool,
+}
+
+impl SmtpChannel {
+    pub(crate) fn new(
+        config: Arc<Config>,
+        server: Rc<RefCell<dyn SmtpServer>>,
+        shared: Rc<ListenerShared>,
+        peer: SocketAddr,
+    ) -> SmtpChannel {
+        SmtpChannel {
+            session: Session::new(config, peer),
+            server,
+            shared,
+            peer,
+            unit: Vec::new(),
+            oversize: false,
+            framing: Framing::Line,
+            outputs: Vec::new(),
+            wire: Vec::new(),
+            pending: None,
+            idle: None,
+            shutdown: None,
+            shutting_down: false,
+        }
+    }
+
+    fn push_reply(&mut self, chat: &mut ChatCtl, reply: &Reply) {
+        self.wire.clear();
+        reply.write_to(&mut self.wire);
+        if log::log_enabled!(log::Level::Debug) {
+            log::debug!(
+                "{} reply: {}",
+                self.peer,
+                String::from_utf8_lossy(&self.wire).trim_end()
+            );
+        }
+        chat.push(&self.wire);
+    }
+
+    /// Carries out what the session asked for, including answers that follow at once.
+    fn act(&mut self, chat: &mut ChatCtl, ctx: &mut Ctx<'_>) {
+        loop {
+            let outputs = std::mem::take(&mut self.outputs);
+            if outputs.is_empty() {
+                break;
+            }
+            for output in outputs {
+                match output {
+                    Output::Reply(reply) => self.push_reply(chat, &reply),
+                    Output::Message(message) => self.deliver(message, chat, ctx),
+                    Output::Close => chat.close_when_done(),
+                }
+            }
+        }
+        self.sync_framing(chat);
+    }
+
+    /// Points the chat's terminator at what the session expects next.
+    fn sync_framing(&mut self, chat: &mut ChatCtl) {
+        if self.session.is_waiting() {
+            return;
+        }
+        let framing = self.session.framing();
+        if framing == self.framing {
+            return;
+        }
+        self.framing = framing;
+        match framing {
+            Framing::Line => chat.set_terminator(Terminator::bytes("\r\n")),
+            // The CRLF that ended the DATA line is the first half of the end-of-data marker.
+            Framing::Data => chat.set_terminator_primed(Terminator::bytes("\r\n.\r\n"), 2),
+        }
+    }
+
+    fn deliver(&mut self, message: Message, chat: &mut ChatCtl, ctx: &mut Ctx<'_>) {
+        let summary = format!(
+            "{} from=<{}> to={:?} size={}",
+            self.peer,
+            message.mail_from,
+            message.rcpt_tos,
+            message.data.len()
+        );
+        let server = self.server.clone();
+        let mut scx = ServerCtx::new(ctx);
+        let result = catch_unwind(AssertUnwindSafe(|| {
+            server.borrow_mut().process_message(&message, &mut scx)
+        }));
+        let issued = scx.issued();
+        let outcome = result.unwrap_or_else(|_| {
+            log::error!("{summary}: process_message panicked; answering 451");
+            Outcome::Reply(local_error())
+        });
+        match (outcome, issued) {
+            (Outcome::Deferred, Some(ticket)) => {
+                chat.pause();
+                if let Some(idle) = self.idle.take() {
+                    ctx.cancel_timer(idle);
+                }
+                let timer = ctx.set_timer(self.shared.options.defer_timeout);
+                self.pending = Some(Pending {
+                    ticket,
+                    timer,
+                    summary,
+                });
+            }
+            (Outcome::Deferred, None) => {
+                log::error!("{summary}: Outcome::Deferred without ServerCtx::defer; answering 451");
+                self.finish(local_error(), &summary);
+            }
+            (Outcome::Accept, _) => self.finish(Reply::ok(), &summary),
+            (Outcome::Reply(reply), _) => self.finish(reply, &summary),
+        }
+    }
+
+    /// Gives the session the verdict on its message.
+    fn finish(&mut self, reply: Reply, summary: &str) {
+        log::info!("{summary} -> {}", reply.code);
+        self.session.message_done(reply, &mut self.outputs);
+        if self.shutting_down {
+            self.outputs.push(Output::Reply(self.closing_reply()));
+            self.outputs.push(Output::Close);
+        }
+    }
+
+    fn complete(&mut self, completion: Completion, chat: &mut ChatCtl, ctx: &mut Ctx<'_>) {
+        let Some(pending) = self.pending.take_if(|p| p.ticket == completion.id) else {
+            return; // a late answer: the deadline already answered 451
+        };
+        ctx.cancel_timer(pending.timer);
+        let reply = completion.reply.unwrap_or_else(|| {
+            log::error!(
+                "{}: deferred ticket dropped unanswered; answering 451",
+                pending.summary
+            );
+            local_error()
+        });
+        self.finish(reply, &pending.summary);
+        self.resume(chat, ctx);
+    }
+
+    fn resume(&mut self, chat: &mut ChatCtl, ctx: &mut Ctx<'_>) {
+        chat.resume();
+        self.arm_idle(ctx);
+        self.act(chat, ctx);
+    }
+
+    fn arm_idle(&mut self, ctx: &mut Ctx<'_>) {
+        let Some(after) = self.shared.options.idle_timeout else {
+            return;
+        };
+        match self.idle {
+            Some(id) if ctx.reset_timer(id, after) => {}
+            _ => self.idle = Some(ctx.set_timer(after)),
+        }
+    }
+
+    fn hostname(&self) -> &str {
+        &self.shared.options.session.hostname
+    }
+
+    fn closing_reply(&self) -> Reply {
+        Reply::new(
+            421,
+            format!(
+                "{} Service not available, closing transmission channel",
+                self.hostname()
+            ),
+        )
+    }
+
+    fn is_idle(&self) -> bool {
+        self.pending.is_none()
+            && self.session.envelope().is_none()
+            && self.session.framing() == Framing::Line
+    }
+
+    fn begin_shutdown(
+        &mut self,
+        grace: std::time::Duration,
+        chat: &mut ChatCtl,
+        ctx: &mut Ctx<'_>,
+    ) {
+        self.shutting_down = true;
+        if self.is_idle() {
+            let reply = self.closing_reply();
+            self.push_reply(chat, &reply);
+            chat.close_when_done();
+        } else {
+            self.shutdown = Some(ctx.set_timer(grace));
+        }
+    }
+}
+
+impl ChatHandler for SmtpChannel {
+    fn collect_incoming_data(&mut self, data: &[u8]) {
+        if self.oversize {
+            return;
+        }
+        if let Some(limit) = self.session.input_limit() {
+            if self.unit.len() + data.len() > limit {
+                self.oversize = true;
+                self.unit = Vec::new();
+                return;
+            }
+        }
+        self.unit.extend_from_slice(data);
+    }
+
+    fn found_terminator(&mut self, chat: &mut ChatCtl, ctx: &mut Ctx<'_>) {
+        self.arm_idle(ctx);
+        if std::mem::take(&mut self.oversize) {
+            self.session.feed_oversize(&mut self.outputs);
+        } else {
+            let unit = std::mem::take(&mut self.unit);
+            match self.session.framing() {
+                Framing::Line => {
+                    log::debug!(
+                        "{} command: {:?}",
+                        self.peer,
+                        String::from_utf8_lossy(&unit)
+                    );
+                    self.session.feed_line(&unit, &mut self.outputs);
+                    // Keep the allocation for the next line, unless it was a large one.
+                    if unit.capacity() <= 1024 {
+                        self.unit = unit;
+                        self.unit.clear();
+                    }
+                }
+                Framing::Data => {
+                    log::debug!("{} data: {} bytes", self.peer, unit.len());
+                    self.session.feed_data(&unit, &mut self.outputs);
+                }
+            }
+        }
+        self.act(chat, ctx);
+        if self.shutting_down && self.is_idle() && !chat.is_closing() {
+            let reply = self.closing_reply();
+            self.push_reply(chat, &reply);
+            chat.close_when_done();
+        }
+    }
+
+    fn on_start(&mut self, chat: &mut ChatCtl, ctx: &mut Ctx<'_>) {
+        log::debug!("{} connected", self.peer);
+        self.session.start(&mut self.outputs);
+        self.act(chat, ctx);
+        self.arm_idle(ctx);
+    }
+
+    fn on_timer(&mut self, chat: &mut ChatCtl, ctx: &mut Ctx<'_>, timer: TimerId) {
+        if self.idle == Some(timer) {
+            self.idle = None;
+            log::info!("{}: idle timeout", self.peer);
+            let reply = Reply::new(421, format!("{} Error: timeout exceeded", self.hostname()));
+            self.push_reply(chat, &reply);
+            chat.close_when_done();
+        } else if self.pending.as_ref().is_some_and(|p| p.timer == timer) {
+            let pending = self.pending.take().expect("checked above");
+            log::warn!(
+                "{}: no answer within the deferral deadline; answering 451",
+                pending.summary
+            );
+            self.finish(local_error(), &pending.summary);
+            self.resume(chat, ctx);
+        } else if self.shutdown == Some(timer) {
+            self.shutdown = None;
+            let reply = self.closing_reply();
+            self.push_reply(chat, &reply);
+            chat.close_when_done();
+        }
+    }
+
+    fn on_notify(&mut self, chat: &mut ChatCtl, ctx: &mut Ctx<'_>, message: Box<dyn Any>) {
+        let message = match message.downcast::<Completion>() {
+            Ok(completion) => return self.complete(*completion, chat, ctx),
+            Err(other) => other,
+        };
+        if let Ok(shutdown) = message.downcast::<ChannelShutdown>() {
+            self.begin_shutdown(shutdown.grace, chat, ctx);
+        }
+    }
+
+    fn on_close(&mut self, _chat: &mut ChatCtl, ctx: &mut Ctx<'_>) {
+        log::debug!("{} closed", self.peer);
+        if let Some(pending) = self.pending.take() {
+            log::warn!(
+                "{}: client gone before the deferred answer",
+                pending.summary
+            );
+            ctx.cancel_timer(pending.timer);
+        }
+        // Timers of a closed dispatcher would be dropped when due; cancelling frees them now.
+        for timer in [self.idle.take(), self.shutdown.take()]
+            .into_iter()
+            .flatten()
+        {
+            ctx.cancel_timer(timer);
+        }
+        self.shared.channels.borrow_mut().remove(&ctx.handle());
+    }
+}

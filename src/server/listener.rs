@@ -1,0 +1,195 @@
+//! [`Listener`]: the accepting half of `smtpd.SMTPServer`, and graceful shutdown.
+
+use std::any::Any;
+use std::cell::RefCell;
+use std::collections::HashSet;
+use std::io::{self, Write};
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::Duration;
+
+use mio::event::Source;
+use mio::net::{TcpListener, TcpStream};
+use mio::Interest;
+
+use super::channel::SmtpChannel;
+use super::{ServerOptions, SmtpServer};
+use crate::chat::ChatDispatcher;
+use crate::reactor::{Acceptor, AcceptorOptions, Ctx, Dispatcher, Handle, Reactor, TimerId};
+use crate::smtp::Config;
+
+/// State shared by a listener and its channels.
+pub(crate) struct ListenerShared {
+    pub(crate) options: ServerOptions,
+    pub(crate) config: Arc<Config>,
+    pub(crate) channels: RefCell<HashSet<Handle>>,
+}
+
+/// Ask a [`Listener`] to shut down gracefully: send it with [`Reactor::notify`] or
+/// [`RemoteHandle::notify`](crate::reactor::RemoteHandle::notify) to the listener's handle.
+///
+/// The listener stops accepting and closes; idle connections get `421` at once; a connection
+/// in the middle of a transaction may finish it (its message is answered) and then gets `421`,
+/// or gets `421` when `grace` runs out. [`Reactor::run`] returns once everything is closed.
+#[derive(Clone, Copy, Debug)]
+pub struct Shutdown {
+    /// How long transactions in flight may take to finish.
+    pub grace: Duration,
+}
+
+/// Sent by the listener to each of its channels on [`Shutdown`].
+pub(crate) struct ChannelShutdown {
+    pub(crate) grace: Duration,
+}
+
+type AcceptFn = Box<dyn FnMut(TcpStream, SocketAddr, &mut Ctx<'_>)>;
+
+/// A listening SMTP server: accepts connections and runs an SMTP channel for each, all handing
+/// their messages to one [`SmtpServer`]. Several listeners (with the same or different servers)
+/// can share one reactor, as asyncore servers shared one socket map.
+pub struct Listener {
+    handle: Handle,
+    local_addr: SocketAddr,
+}
+
+impl Listener {
+    /// Binds `addr` (port 0 picks a free port) and starts serving on `reactor`.
+    ///
+    /// # Errors
+    /// When the address cannot be bound, or `options.session` is inconsistent
+    /// (`decode_data` with `enable_smtputf8`, as CPython refuses too).
+    pub fn bind(
+        reactor: &mut Reactor,
+        addr: SocketAddr,
+        server: Rc<RefCell<dyn SmtpServer>>,
+        options: ServerOptions,
+    ) -> io::Result<Listener> {
+        let listener = TcpListener::bind(addr)?;
+        Listener::adopt(reactor, listener, server, options)
+    }
+
+    /// Serves on an already listening socket (inherited from systemd or inetd, or bound with
+    /// special options). Convert a `std::net::TcpListener` with `TcpListener::from_std` after
+    /// `set_nonblocking(true)`.
+    ///
+    /// # Errors
+    /// As [`bind`](Self::bind).
+    pub fn adopt(
+        reactor: &mut Reactor,
+        listener: TcpListener,
+        server: Rc<RefCell<dyn SmtpServer>>,
+        options: ServerOptions,
+    ) -> io::Result<Listener> {
+        options
+            .session
+            .validate()
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e.to_string()))?;
+        let local_addr = listener.local_addr()?;
+        let shared = Rc::new(ListenerShared {
+            config: Arc::new(options.session.clone()),
+            options,
+            channels: RefCell::new(HashSet::new()),
+        });
+        let busy = format!(
+            "421 {} Error: too many connections\r\n",
+            shared.options.session.hostname
+        );
+        let accept_shared = shared.clone();
+        let on_accept: AcceptFn = Box::new(move |mut stream, peer, ctx| {
+            let shared = &accept_shared;
+            let max = shared.options.max_connections;
+            if max > 0 && shared.channels.borrow().len() >= max {
+                log::warn!("{peer}: refused, {max} connections already open");
+                let _ = stream.write(busy.as_bytes());
+                return;
+            }
+            let _ = stream.set_nodelay(true);
+            let channel =
+                SmtpChannel::new(shared.config.clone(), server.clone(), shared.clone(), peer);
+            let handle = ctx.spawn(ChatDispatcher::with_options(
+                stream,
+                channel,
+                shared.options.chat.clone(),
+            ));
+            shared.channels.borrow_mut().insert(handle);
+        });
+        let acceptor = Acceptor::new(
+            listener,
+            AcceptorOptions {
+                overload_reply: Some(
+                    format!(
+                        "421 {} Error: out of resources, try later\r\n",
+                        shared.options.session.hostname
+                    )
+                    .into_bytes(),
+                ),
+                ..AcceptorOptions::default()
+            },
+            on_accept,
+        );
+        let handle = reactor.add(ListenerDispatcher { acceptor, shared })?;
+        log::info!("listening on {local_addr}");
+        Ok(Listener { handle, local_addr })
+    }
+
+    /// The address actually bound.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// The listener's dispatcher handle: send it a [`Shutdown`].
+    pub fn handle(&self) -> Handle {
+        self.handle
+    }
+}
+
+impl std::fmt::Debug for Listener {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Listener")
+            .field("local_addr", &self.local_addr)
+            .finish()
+    }
+}
+
+struct ListenerDispatcher {
+    acceptor: Acceptor<AcceptFn>,
+    shared: Rc<ListenerShared>,
+}
+
+impl Dispatcher for ListenerDispatcher {
+    fn source(&mut self) -> Option<&mut dyn Source> {
+        self.acceptor.source()
+    }
+    fn interest(&self) -> Interest {
+        self.acceptor.interest()
+    }
+    fn wants_read(&self) -> bool {
+        self.acceptor.wants_read()
+    }
+    fn on_readable(&mut self, ctx: &mut Ctx<'_>) {
+        self.acceptor.on_readable(ctx);
+    }
+    fn on_timer(&mut self, ctx: &mut Ctx<'_>, timer: TimerId) {
+        self.acceptor.on_timer(ctx, timer);
+    }
+    fn on_notify(&mut self, ctx: &mut Ctx<'_>, message: Box<dyn Any>) {
+        if let Ok(shutdown) = message.downcast::<Shutdown>() {
+            let channels: Vec<Handle> = self.shared.channels.borrow().iter().copied().collect();
+            log::info!(
+                "shutting down: {} connection(s) get up to {:?} to finish",
+                channels.len(),
+                shutdown.grace
+            );
+            for channel in channels {
+                ctx.notify(
+                    channel,
+                    ChannelShutdown {
+                        grace: shutdown.grace,
+                    },
+                );
+            }
+            ctx.close();
+        }
+    }
+}

@@ -1,0 +1,257 @@
+//! `smtpd.SMTPServer`: the [`SmtpServer`] trait a user implements, the options of a listening
+//! server, deferred replies, and the [`Listener`] that accepts connections.
+//!
+//! ```no_run
+//! use std::cell::RefCell;
+//! use std::rc::Rc;
+//! use smtpd::reactor::Reactor;
+//! use smtpd::server::{Listener, Message, Outcome, ServerCtx, ServerOptions, SmtpServer};
+//!
+//! struct Printer;
+//!
+//! impl SmtpServer for Printer {
+//!     fn process_message(&mut self, msg: &Message, _cx: &mut ServerCtx<'_, '_>) -> Outcome {
+//!         println!("{} -> {:?}: {} bytes", msg.mail_from, msg.rcpt_tos, msg.data.len());
+//!         Outcome::Accept // Python's `return None`: "250 OK"
+//!     }
+//! }
+//!
+//! let mut reactor = Reactor::new()?;
+//! let server = Rc::new(RefCell::new(Printer));
+//! let listener = Listener::bind(&mut reactor, "127.0.0.1:8025".parse().unwrap(), server,
+//!                               ServerOptions::default())?;
+//! println!("listening on {}", listener.local_addr());
+//! reactor.run()?;
+//! # Ok::<(), std::io::Error>(())
+//! ```
+
+mod channel;
+mod listener;
+
+pub use crate::smtp::{Message, Reply};
+pub use listener::{Listener, Shutdown};
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use crate::chat::ChatOptions;
+use crate::reactor::{Ctx, Handle, RemoteHandle};
+use crate::smtp::Config;
+
+/// The machine's fully qualified domain name as Python's `socket.getfqdn()` finds it: the host
+/// name, resolved and looked up in reverse; the first of those names that contains a dot, else
+/// the reverse name, else the host name. Looked up once per process (it is blocking I/O) and
+/// cached; the default [`ServerOptions`] greet with it.
+pub fn fqdn() -> String {
+    static FQDN: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    FQDN.get_or_init(|| {
+        let host = dns_lookup::get_hostname().unwrap_or_else(|_| "localhost".into());
+        let reverse = dns_lookup::lookup_host(&host)
+            .ok()
+            .and_then(|addrs| addrs.into_iter().next())
+            .and_then(|ip| dns_lookup::lookup_addr(&ip).ok());
+        match reverse {
+            Some(name) if name.contains('.') || !host.contains('.') => name,
+            _ => host,
+        }
+    })
+    .clone()
+}
+
+/// What [`SmtpServer::process_message`] decides.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum Outcome {
+    /// `250 OK` — Python's `return None`.
+    Accept,
+    /// Answer with this reply (Python's `return "550 No such user"`; [`Reply::parse`] reads
+    /// such a string).
+    Reply(Reply),
+    /// The answer comes later, through the [`Ticket`] obtained from [`ServerCtx::defer`].
+    /// Meanwhile the channel reads nothing more from the client and its idle timer is
+    /// suspended; if no answer arrives within [`ServerOptions::defer_timeout`], or the ticket is
+    /// dropped unanswered, the client gets `451` and may retry.
+    Deferred,
+}
+
+impl Outcome {
+    /// An outcome from a Python-style reply string: `None` accepts, `Some("550 ...")` replies.
+    /// A string that is not a well-formed reply line becomes `451` (a local error), so a bad
+    /// return value never tells a client its mail was taken.
+    pub fn from_python(reply: Option<&str>) -> Outcome {
+        match reply {
+            None => Outcome::Accept,
+            Some(text) => match Reply::parse(text) {
+                Some(r) => Outcome::Reply(r),
+                None => {
+                    log::error!("process_message returned a malformed reply: {text:?}");
+                    Outcome::Reply(local_error())
+                }
+            },
+        }
+    }
+}
+
+/// `451 Requested action aborted: local error in processing` (RFC 5321 4.2.3).
+pub fn local_error() -> Reply {
+    Reply::new(451, "Requested action aborted: local error in processing")
+}
+
+/// A server object: Python's `SMTPServer` subclass. One value serves every connection of the
+/// [`Listener`]s it is given to (shared as `Rc<RefCell<..>>`; the borrow never overlaps because
+/// reactor hooks never nest).
+pub trait SmtpServer: 'static {
+    /// A message was received: `process_message(peer, mailfrom, rcpttos, data, **kwargs)`.
+    /// [`Message`] carries the peer, the envelope, the data and the MAIL/RCPT options.
+    ///
+    /// A panic here is caught: the client gets `451` and the server goes on.
+    fn process_message(&mut self, message: &Message, cx: &mut ServerCtx<'_, '_>) -> Outcome;
+}
+
+/// What a server hook may use besides the message: the reactor context (timers, spawning a
+/// relay) and deferral.
+pub struct ServerCtx<'a, 'b> {
+    ctx: &'a mut Ctx<'b>,
+    issued: Option<u64>,
+}
+
+static NEXT_TICKET: AtomicU64 = AtomicU64::new(1);
+
+impl<'a, 'b> ServerCtx<'a, 'b> {
+    pub(crate) fn new(ctx: &'a mut Ctx<'b>) -> Self {
+        ServerCtx { ctx, issued: None }
+    }
+
+    /// Promises a later answer: return [`Outcome::Deferred`] and complete the ticket from the
+    /// loop or from any thread. At most one ticket per message; a second call replaces the
+    /// first (which then completes nothing).
+    pub fn defer(&mut self) -> Ticket {
+        let id = NEXT_TICKET.fetch_add(1, Ordering::Relaxed);
+        self.issued = Some(id);
+        Ticket {
+            channel: self.ctx.handle(),
+            id,
+            remote: self.ctx.remote(),
+            done: false,
+        }
+    }
+
+    /// The reactor context of the channel: timers, spawn, notify.
+    pub fn ctx(&mut self) -> &mut Ctx<'b> {
+        self.ctx
+    }
+
+    /// The handle of the channel the message arrived on.
+    pub fn channel(&self) -> Handle {
+        self.ctx.handle()
+    }
+
+    pub(crate) fn issued(&self) -> Option<u64> {
+        self.issued
+    }
+}
+
+/// The delivery of a deferred answer to its channel.
+#[derive(Debug)]
+pub(crate) struct Completion {
+    pub(crate) id: u64,
+    /// `None`: the ticket was dropped unanswered.
+    pub(crate) reply: Option<Reply>,
+}
+
+/// A promise to answer one deferred message. `Send`: move it to a worker thread, a relay
+/// dispatcher, or keep it in the server. Answer it exactly once; dropping it unanswered answers
+/// `451` (the client retries: no mail is lost).
+#[derive(Debug)]
+pub struct Ticket {
+    channel: Handle,
+    id: u64,
+    remote: RemoteHandle,
+    done: bool,
+}
+
+impl Ticket {
+    /// Answers with `reply`, from any thread (through the reactor's waker).
+    pub fn complete(mut self, reply: Reply) {
+        self.done = true;
+        self.remote.notify(
+            self.channel,
+            Completion {
+                id: self.id,
+                reply: Some(reply),
+            },
+        );
+    }
+
+    /// Answers `250 OK`, from any thread.
+    pub fn accept(self) {
+        self.complete(Reply::ok());
+    }
+
+    /// Answers with `reply` from inside the loop (a hook's [`Ctx`]), without a wake-up.
+    pub fn complete_in(mut self, ctx: &mut Ctx<'_>, reply: Reply) {
+        self.done = true;
+        ctx.notify(
+            self.channel,
+            Completion {
+                id: self.id,
+                reply: Some(reply),
+            },
+        );
+    }
+
+    /// The channel waiting for this answer.
+    pub fn channel(&self) -> Handle {
+        self.channel
+    }
+}
+
+impl Drop for Ticket {
+    fn drop(&mut self) {
+        if !self.done {
+            self.remote.notify(
+                self.channel,
+                Completion {
+                    id: self.id,
+                    reply: None,
+                },
+            );
+        }
+    }
+}
+
+/// How a [`Listener`] and its channels behave. `Default` gives CPython's defaults plus the
+/// timeouts CPython lacked.
+#[derive(Clone, Debug)]
+#[non_exhaustive]
+pub struct ServerOptions {
+    /// The protocol settings: hostname, greeting, size limit, SMTPUTF8, decode_data, ...
+    pub session: Config,
+    /// Close a connection that sends nothing for this long, with `421` (RFC 5321 4.5.3.2.7
+    /// wants at least 5 minutes). `None` never times out. Default 5 minutes.
+    pub idle_timeout: Option<Duration>,
+    /// How long a deferred answer may take before the client gets `451`. Default 4 minutes:
+    /// shorter than the 10 minutes a client waits after sending the final `.` (RFC 5321
+    /// 4.5.3.2.6), so the client hears `451` rather than timing out and guessing.
+    pub defer_timeout: Duration,
+    /// Buffering limits of each connection.
+    pub chat: ChatOptions,
+    /// Most simultaneous connections; further ones get `421` and are closed. 0 = no limit.
+    /// Default 0.
+    pub max_connections: usize,
+}
+
+impl Default for ServerOptions {
+    fn default() -> Self {
+        ServerOptions {
+            session: Config {
+                hostname: fqdn(),
+                ..Config::default()
+            },
+            idle_timeout: Some(Duration::from_secs(300)),
+            defer_timeout: Duration::from_secs(240),
+            chat: ChatOptions::default(),
+            max_connections: 0,
+        }
+    }
+}

@@ -1,0 +1,102 @@
+//! Per-server settings of an SMTP session ([`Config`]) and their validation.
+
+use std::fmt;
+
+/// CPython's `DATA_SIZE_DEFAULT`: the default message size limit in bytes.
+pub const DATA_SIZE_DEFAULT: usize = 33_554_432;
+
+/// CPython's `SMTPChannel.command_size_limit`: the base length limit of a
+/// command line (without its CRLF).
+pub const COMMAND_SIZE_LIMIT: usize = 512;
+
+/// How many bytes the `SIZE` extension adds to the `MAIL` command limit.
+pub const SIZE_EXTENSION_BYTES: usize = 26;
+
+/// How many bytes the `SMTPUTF8` extension adds to the `MAIL` command limit.
+pub const SMTPUTF8_EXTENSION_BYTES: usize = 10;
+
+/// What to do with a line feed in the message body that is not preceded by
+/// a carriage return.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum BareLf {
+    /// Refuse the message with a 554 reply and reset the transaction.
+    #[default]
+    Reject,
+    /// Accept the message, turning each lone LF into CRLF.
+    Normalize,
+}
+
+/// Settings shared by all sessions of one server.
+///
+/// `Config::default()` gives CPython's `SMTPChannel` defaults, except for
+/// `hostname` (CPython calls `socket.getfqdn()`, which is I/O this module does
+/// not do; the caller should fill it in) and `product`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Config {
+    /// Name announced in the greeting (`220 {hostname} {product}`) and in the
+    /// first line of the HELO/EHLO reply (`250 {hostname}`).
+    pub hostname: String,
+    /// Product string announced in the greeting.
+    pub product: String,
+    /// Largest accepted message body in bytes; 0 means no limit.
+    pub data_size_limit: usize,
+    /// Offer and accept the SMTPUTF8 extension (RFC 6531).
+    pub enable_smtputf8: bool,
+    /// CPython's `decode_data`: the message must be UTF-8, 8BITMIME is not
+    /// offered and `BODY=` is not accepted. Cannot be combined with
+    /// `enable_smtputf8`.
+    pub decode_data: bool,
+    /// Join message lines with `\n` (CPython's form) instead of keeping CRLF.
+    pub lf_newlines: bool,
+    /// Largest number of recipients per transaction; 0 means no limit.
+    pub max_recipients: usize,
+    /// Policy for lone LF bytes in the message body.
+    pub bare_lf: BareLf,
+}
+
+impl Default for Config {
+    fn default() -> Config {
+        Config {
+            hostname: "localhost".to_owned(),
+            product: "smtpd-rs 0.1".to_owned(),
+            data_size_limit: DATA_SIZE_DEFAULT,
+            enable_smtputf8: false,
+            decode_data: false,
+            lf_newlines: false,
+            max_recipients: 0,
+            bare_lf: BareLf::Reject,
+        }
+    }
+}
+
+impl Config {
+    /// Checks that the settings can be used together.
+    ///
+    /// Sessions assume a validated configuration.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.enable_smtputf8 && self.decode_data {
+            return Err(ConfigError::DecodeDataWithSmtputf8);
+        }
+        Ok(())
+    }
+}
+
+/// A configuration that [`Config::validate`] refused.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum ConfigError {
+    /// `decode_data` and `enable_smtputf8` were both set.
+    DecodeDataWithSmtputf8,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ConfigError::DecodeDataWithSmtputf8 => f.write_str(
+                "decode_data and enable_SMTPUTF8 cannot be set to True at the same time",
+            ),
+        }
+    }
+}
+
+impl std::error::Error for ConfigError {}

@@ -1,0 +1,1194 @@
+//! Dialogue tests for the session. Expected texts come from `replies.rs`.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use proptest::prelude::*;
+
+use super::replies::{self, Canned};
+use super::*;
+
+const HOST: &str = "mx.test";
+
+fn peer() -> SocketAddr {
+    "192.0.2.7:4321".parse().unwrap()
+}
+
+fn config() -> Config {
+    Config {
+        hostname: HOST.to_owned(),
+        ..Config::default()
+    }
+}
+
+fn session_with(config: Config) -> Session {
+    let mut s = Session::new(Arc::new(config), peer());
+    let mut out = Vec::new();
+    s.start(&mut out);
+    assert_eq!(out.len(), 1);
+    s
+}
+
+// ---- fixtures named after states -------------------------------------
+
+fn session_greeted() -> Session {
+    session_with(config())
+}
+
+fn session_after_helo() -> Session {
+    let mut s = session_greeted();
+    expect(&mut s, "HELO client.example", &format!("250 {HOST}"));
+    s
+}
+
+fn session_after_ehlo_with(config: Config) -> Session {
+    let mut s = session_with(config);
+    let r = one_reply(&mut s, b"EHLO client.example");
+    assert_eq!(r.code, 250);
+    s
+}
+
+fn session_after_ehlo() -> Session {
+    session_after_ehlo_with(config())
+}
+
+fn session_in_mail() -> Session {
+    let mut s = session_after_ehlo();
+    ok(&mut s, "MAIL FROM:<eggs@example>");
+    s
+}
+
+fn session_in_rcpt() -> Session {
+    let mut s = session_in_mail();
+    ok(&mut s, "RCPT TO:<spam@example>");
+    s
+}
+
+fn session_in_data_with(config: Config) -> Session {
+    let mut s = session_after_ehlo_with(config);
+    ok(&mut s, "MAIL FROM:<eggs@example>");
+    ok(&mut s, "RCPT TO:<spam@example>");
+    expect(&mut s, "DATA", &replies::START_DATA.line());
+    assert_eq!(s.framing(), Framing::Data);
+    s
+}
+
+fn session_in_data() -> Session {
+    session_in_data_with(config())
+}
+
+// ---- helpers -----------------------------------------------------------
+
+fn feed(s: &mut Session, line: &[u8]) -> Vec<Output> {
+    let mut out = Vec::new();
+    s.feed_line(line, &mut out);
+    out
+}
+
+fn one_reply(s: &mut Session, line: &[u8]) -> Reply {
+    let out = feed(s, line);
+    match out.as_slice() {
+        [Output::Reply(r)] => r.clone(),
+        other => panic!("expected one reply to {line:?}, got {other:?}"),
+    }
+}
+
+fn wire(r: &Reply) -> String {
+    String::from_utf8(r.to_bytes()).unwrap()
+}
+
+/// Feeds `line`, expects one single-line reply equal to `want` (no CRLF).
+fn expect(s: &mut Session, line: &str, want: &str) {
+    let r = one_reply(s, line.as_bytes());
+    assert_eq!(r.to_string(), want, "reply to {line:?}");
+}
+
+fn expect_canned(s: &mut Session, line: &str, want: Canned) {
+    expect(s, line, &want.line());
+}
+
+fn ok(s: &mut Session, line: &str) {
+    expect_canned(s, line, replies::OK);
+}
+
+/// Runs a table of (line, expected reply) against a session.
+fn dialogue(s: &mut Session, steps: &[(&str, Canned)]) {
+    for (line, want) in steps {
+        expect_canned(s, line, *want);
+    }
+}
+
+fn data(s: &mut Session, body: &[u8]) -> Vec<Output> {
+    let mut out = Vec::new();
+    s.feed_data(body, &mut out);
+    out
+}
+
+fn message(s: &mut Session, body: &[u8]) -> Message {
+    let out = data(s, body);
+    assert!(s.is_waiting());
+    match out.as_slice() {
+        [Output::Message(m)] => m.clone(),
+        other => panic!("expected a message, got {other:?}"),
+    }
+}
+
+fn data_reply(s: &mut Session, body: &[u8]) -> Reply {
+    match data(s, body).as_slice() {
+        [Output::Reply(r)] => r.clone(),
+        other => panic!("expected a reply, got {other:?}"),
+    }
+}
+
+// ---- greeting, HELO, EHLO ----------------------------------------------
+
+#[test]
+fn greeting_names_host_and_product() {
+    let mut s = Session::new(Arc::new(config()), peer());
+    let mut out = Vec::new();
+    s.start(&mut out);
+    assert_eq!(
+        out,
+        vec![Output::Reply(Reply::new(
+            220,
+            format!("{HOST} smtpd-rs 0.1")
+        ))]
+    );
+    assert_eq!(s.framing(), Framing::Line);
+    assert_eq!(s.input_limit(), Some(512));
+    assert_eq!(s.peer(), peer());
+}
+
+#[test]
+fn helo_sets_greeting() {
+    let s = session_after_helo();
+    assert_eq!(s.helo(), Some("client.example"));
+    assert!(!s.is_esmtp());
+}
+
+#[test]
+fn ehlo_reply_default() {
+    let mut s = session_greeted();
+    let r = one_reply(&mut s, b"EHLO client.example");
+    assert_eq!(
+        wire(&r),
+        format!("250-{HOST}\r\n250-SIZE 33554432\r\n250-8BITMIME\r\n250 HELP\r\n")
+    );
+    assert!(s.is_esmtp());
+    assert_eq!(s.helo(), Some("client.example"));
+}
+
+#[test]
+fn ehlo_reply_variants() {
+    let table: &[(Config, &str)] = &[
+        (
+            Config {
+                data_size_limit: 0,
+                ..config()
+            },
+            "250-mx.test\r\n250-8BITMIME\r\n250 HELP\r\n",
+        ),
+        (
+            Config {
+                decode_data: true,
+                ..config()
+            },
+            "250-mx.test\r\n250-SIZE 33554432\r\n250 HELP\r\n",
+        ),
+        (
+            Config {
+                enable_smtputf8: true,
+                data_size_limit: 100,
+                ..config()
+            },
+            "250-mx.test\r\n250-SIZE 100\r\n250-8BITMIME\r\n250-SMTPUTF8\r\n250 HELP\r\n",
+        ),
+    ];
+    for (cfg, want) in table {
+        let mut s = session_with(cfg.clone());
+        assert_eq!(wire(&one_reply(&mut s, b"ehlo x")), *want);
+    }
+}
+
+#[test]
+fn helo_ehlo_errors() {
+    let mut s = session_greeted();
+    dialogue(
+        &mut s,
+        &[
+            ("HELO", replies::HELO_SYNTAX),
+            ("HELO   ", replies::HELO_SYNTAX),
+            ("EHLO", replies::EHLO_SYNTAX),
+        ],
+    );
+    for first in ["HELO a", "EHLO a"] {
+        for second in ["HELO b", "EHLO b"] {
+            let mut s = session_greeted();
+            let _ = one_reply(&mut s, first.as_bytes());
+            expect_canned(&mut s, second, replies::DUPLICATE_HELO);
+            assert_eq!(s.helo(), Some("a"));
+        }
+    }
+}
+
+#[test]
+fn commands_are_case_insensitive() {
+    let mut s = session_greeted();
+    expect(&mut s, "hElO x", &format!("250 {HOST}"));
+    dialogue(
+        &mut s,
+        &[
+            ("mail from:<a@b>", replies::OK),
+            ("rcpt to:<c@d>", replies::OK),
+            ("noop", replies::OK),
+            ("rset", replies::OK),
+        ],
+    );
+}
+
+// ---- commands before HELO ------------------------------------------------
+
+#[test]
+fn commands_before_helo() {
+    let mut s = session_greeted();
+    dialogue(
+        &mut s,
+        &[
+            ("MAIL FROM:<a@b>", replies::SEND_HELO_FIRST),
+            ("RCPT TO:<a@b>", replies::SEND_HELO_FIRST),
+            ("DATA", replies::SEND_HELO_FIRST),
+            ("NOOP", replies::OK),
+            ("RSET", replies::OK),
+            ("HELP", replies::HELP_ALL),
+            ("VRFY a@b", replies::CANNOT_VRFY),
+            ("EXPN a", replies::EXPN_NOT_IMPLEMENTED),
+        ],
+    );
+}
+
+// ---- NOOP, RSET, QUIT, EXPN, unknown, empty ------------------------------
+
+#[test]
+fn noop_and_rset_syntax() {
+    let mut s = session_after_helo();
+    dialogue(
+        &mut s,
+        &[
+            ("NOOP", replies::OK),
+            ("NOOP ", replies::OK),
+            ("NOOP hi", replies::NOOP_SYNTAX),
+            ("RSET hi", replies::RSET_SYNTAX),
+            ("RSET", replies::OK),
+        ],
+    );
+}
+
+#[test]
+fn rset_ends_transaction_keeps_greeting() {
+    let mut s = session_in_rcpt();
+    assert!(s.envelope().is_some());
+    ok(&mut s, "RSET");
+    assert!(s.envelope().is_none());
+    assert_eq!(s.helo(), Some("client.example"));
+    ok(&mut s, "MAIL FROM:<foo@example>");
+    ok(&mut s, "RCPT TO:<eggs@example>");
+    expect_canned(&mut s, "DATA", replies::START_DATA);
+    let m = message(&mut s, b"data");
+    assert_eq!(m.mail_from, "foo@example");
+    assert_eq!(m.rcpt_tos, ["eggs@example"]);
+}
+
+#[test]
+fn quit_replies_then_closes() {
+    for line in ["QUIT", "quit bye bye"] {
+        let mut s = session_in_mail();
+        let out = feed(&mut s, line.as_bytes());
+        assert_eq!(
+            out,
+            vec![Output::Reply(replies::BYE.reply()), Output::Close]
+        );
+        assert!(s.is_closed());
+        assert!(s.envelope().is_none());
+        assert!(feed(&mut s, b"NOOP").is_empty());
+        let mut out = Vec::new();
+        s.feed_oversize(&mut out);
+        assert!(out.is_empty());
+    }
+}
+
+#[test]
+fn expn_always_502() {
+    let mut s = session_after_ehlo();
+    dialogue(
+        &mut s,
+        &[
+            ("EXPN", replies::EXPN_NOT_IMPLEMENTED),
+            ("EXPN list", replies::EXPN_NOT_IMPLEMENTED),
+        ],
+    );
+}
+
+#[test]
+fn unknown_commands() {
+    let mut s = session_greeted();
+    let table = [
+        ("UNKNOWN_CMD", "UNKNOWN_CMD"),
+        ("foo bar", "FOO"),
+        ("   NOOP", ""),
+        ("NOOP\tx", "NOOP?X"),
+        ("T\u{e9}ST", "T?ST"),
+        ("\u{0}x", "?X"),
+    ];
+    for (line, shown) in table {
+        let r = one_reply(&mut s, line.as_bytes());
+        assert_eq!(r, replies::command_not_recognized(shown), "{line:?}");
+    }
+}
+
+#[test]
+fn empty_line_is_bad_syntax() {
+    let mut s = session_greeted();
+    assert_eq!(one_reply(&mut s, b""), replies::BAD_SYNTAX.reply());
+}
+
+#[test]
+fn bare_cr_or_lf_in_line_is_not_executed() {
+    for line in [&b"QUIT\rx"[..], b"QUIT\n", b"\r", b"RSET\r\nQUIT"] {
+        let mut s = session_in_mail();
+        assert_eq!(one_reply(&mut s, line), replies::BAD_SYNTAX.reply());
+        assert!(!s.is_closed());
+        assert!(s.envelope().is_some());
+    }
+}
+
+#[test]
+fn non_utf8_line_gets_reply() {
+    let mut s = session_after_ehlo();
+    assert_eq!(
+        one_reply(&mut s, b"MAIL FROM:<\xff@x>"),
+        replies::BAD_SYNTAX.reply()
+    );
+    ok(&mut s, "MAIL FROM:<a@x>");
+}
+
+// ---- HELP ----------------------------------------------------------------
+
+#[test]
+fn help_after_helo() {
+    let mut s = session_after_helo();
+    dialogue(
+        &mut s,
+        &[
+            ("HELP", replies::HELP_ALL),
+            ("HELP EHLO", replies::HELP_EHLO),
+            ("HELP helo", replies::HELP_HELO),
+            ("HELP MAIL", replies::HELP_MAIL),
+            ("HELP RCPT", replies::HELP_RCPT),
+            ("HELP DATA", replies::HELP_DATA),
+            ("HELP RSET", replies::HELP_RSET),
+            ("HELP NOOP", replies::HELP_NOOP),
+            ("HELP QUIT", replies::HELP_QUIT),
+            ("HELP VRFY", replies::HELP_VRFY),
+            ("HELP SPAM", replies::HELP_UNKNOWN),
+            ("HELP EXPN", replies::HELP_UNKNOWN),
+        ],
+    );
+}
+
+#[test]
+fn help_after_ehlo_is_extended() {
+    let mut s = session_after_ehlo();
+    dialogue(
+        &mut s,
+        &[
+            ("HELP MAIL", replies::HELP_MAIL_ESMTP),
+            ("HELP rcpt", replies::HELP_RCPT_ESMTP),
+        ],
+    );
+}
+
+#[test]
+fn help_texts_are_exact() {
+    assert_eq!(
+        replies::HELP_ALL.line(),
+        "250 Supported commands: EHLO HELO MAIL RCPT DATA RSET NOOP QUIT VRFY"
+    );
+    assert_eq!(
+        replies::HELP_MAIL_ESMTP.line(),
+        "250 Syntax: MAIL FROM: <address> [SP <mail-parameters>]"
+    );
+    assert_eq!(
+        replies::START_DATA.line(),
+        "354 End data with <CR><LF>.<CR><LF>"
+    );
+}
+
+// ---- VRFY ------------------------------------------------------------------
+
+#[test]
+fn vrfy() {
+    let mut s = session_greeted();
+    dialogue(
+        &mut s,
+        &[
+            ("VRFY", replies::VRFY_SYNTAX),
+            ("VRFY eggs@example", replies::CANNOT_VRFY),
+            ("VRFY <eggs@example>", replies::CANNOT_VRFY),
+        ],
+    );
+    assert_eq!(
+        one_reply(&mut s, b"VRFY <bad@"),
+        replies::could_not_vrfy("<bad@")
+    );
+    assert_eq!(one_reply(&mut s, b"VRFY <>"), replies::could_not_vrfy("<>"));
+    assert_eq!(
+        one_reply(&mut s, "VRFY <a\tb\u{e9}@".as_bytes()),
+        replies::could_not_vrfy("<a?b?@")
+    );
+}
+
+// ---- MAIL --------------------------------------------------------------------
+
+#[test]
+fn mail_forms_accepted() {
+    let table = [
+        ("MAIL from:<eggs@example>", "eggs@example"),
+        ("MAIL From:eggs@example", "eggs@example"),
+        ("MAIL from:   <foo@example.com>", "foo@example.com"),
+        ("MAIL FROM: <foo@example.com>", "foo@example.com"),
+        ("MAIL from:<>", "<>"),
+        (
+            "MAIL from: <\"Fred Blogs\"@example.com>",
+            "\"Fred Blogs\"@example.com",
+        ),
+        (
+            "MAIL from: \"Fred Blogs\"@example.com",
+            "\"Fred Blogs\"@example.com",
+        ),
+        ("MAIL FROM:<@relay.example:eggs@example>", "eggs@example"),
+        ("MAIL FROM:<\"eggs\"@example>", "eggs@example"),
+        ("MAIL FROM:<eggs@[192.0.2.1]>", "eggs@[192.0.2.1]"),
+    ];
+    for (line, addr) in table {
+        let mut s = session_after_helo();
+        ok(&mut s, line);
+        assert_eq!(s.envelope().unwrap().mail_from, addr, "{line:?}");
+    }
+}
+
+#[test]
+fn mail_syntax_errors_after_helo() {
+    let mut s = session_after_helo();
+    dialogue(
+        &mut s,
+        &[
+            ("MAIL", replies::MAIL_SYNTAX),
+            ("MAIL from:", replies::MAIL_SYNTAX),
+            ("MAIL from eggs@example", replies::MAIL_SYNTAX),
+            (
+                "MAIL from:<foo@example.com> SIZE=1234",
+                replies::MAIL_SYNTAX,
+            ),
+            ("MAIL from:<foo@", replies::MAIL_SYNTAX),
+            ("MAIL from:<a@b..c>", replies::MAIL_SYNTAX),
+            ("MAIL from:<", replies::MAIL_SYNTAX),
+            ("MAIL from:\"", replies::MAIL_SYNTAX),
+        ],
+    );
+    assert!(s.envelope().is_none());
+}
+
+#[test]
+fn mail_syntax_errors_after_ehlo() {
+    let mut s = session_after_ehlo();
+    dialogue(
+        &mut s,
+        &[
+            ("MAIL", replies::MAIL_SYNTAX_ESMTP),
+            ("MAIL from eggs@example", replies::MAIL_SYNTAX_ESMTP),
+            (
+                "MAIL FROM:<eggs@example> SIZE=invalid",
+                replies::MAIL_SYNTAX_ESMTP,
+            ),
+            ("MAIL FROM:<eggs@example> SIZE", replies::MAIL_SYNTAX_ESMTP),
+            ("MAIL FROM:<eggs@example> SIZE=", replies::MAIL_SYNTAX_ESMTP),
+            ("MAIL FROM:<eggs@example> X-Y=1", replies::MAIL_SYNTAX_ESMTP),
+            ("MAIL FROM:<eggs@example> =1", replies::MAIL_SYNTAX_ESMTP),
+            ("MAIL FROM:<eggs@example>junk", replies::MAIL_SYNTAX_ESMTP),
+        ],
+    );
+}
+
+#[test]
+fn mail_params() {
+    let mut s = session_after_ehlo();
+    dialogue(
+        &mut s,
+        &[
+            (
+                "MAIL FROM:<eggs@example> ham=green",
+                replies::MAIL_PARAMS_UNKNOWN,
+            ),
+            (
+                "MAIL FROM:<eggs@example> BODY=UNKNOWN",
+                replies::BODY_INVALID,
+            ),
+            ("MAIL FROM:<eggs@example> BODY", replies::BODY_INVALID),
+            (
+                "MAIL FROM:<eggs@example> SMTPUTF8",
+                replies::MAIL_PARAMS_UNKNOWN,
+            ),
+            (
+                "MAIL from: <foo@example.com> size=20 SMTPUTF8 BODY=UNKNOWN",
+                replies::BODY_INVALID,
+            ),
+            (
+                "MAIL FROM:<eggs@example> SIZE=33554433",
+                replies::SIZE_EXCEEDED,
+            ),
+            (
+                "MAIL FROM:<eggs@example> SIZE=99999999999999999999999",
+                replies::SIZE_EXCEEDED,
+            ),
+            (
+                "MAIL FROM:<eggs@example> SIZE=\u{b2}",
+                replies::MAIL_SYNTAX_ESMTP,
+            ),
+            (
+                "MAIL from: <foo@example.com> size=20 body=8bitmime",
+                replies::OK,
+            ),
+        ],
+    );
+    let env = s.envelope().unwrap();
+    assert_eq!(env.mail_options, ["SIZE=20", "BODY=8BITMIME"]);
+    assert!(!env.smtputf8);
+}
+
+#[test]
+fn mail_params_with_quoted_local_part() {
+    let mut s = session_after_ehlo();
+    ok(&mut s, "MAIL from: <\"Fred Blogs\"@example.com> SIZE=1000");
+    let mut s = session_after_ehlo();
+    ok(&mut s, "MAIL from: \"Fred Blogs\"@example.com SIZE=1000");
+    assert_eq!(s.envelope().unwrap().mail_options, ["SIZE=1000"]);
+}
+
+#[test]
+fn mail_size_without_limit() {
+    let mut s = session_after_ehlo_with(Config {
+        data_size_limit: 0,
+        ..config()
+    });
+    ok(&mut s, "MAIL FROM:<a@b> SIZE=99999999999999999999999");
+}
+
+#[test]
+fn mail_with_decode_data() {
+    let mut s = session_after_ehlo_with(Config {
+        decode_data: true,
+        ..config()
+    });
+    dialogue(
+        &mut s,
+        &[
+            (
+                "MAIL from: <foo@example.com> size=20 SMTPUTF8",
+                replies::MAIL_PARAMS_UNKNOWN,
+            ),
+            (
+                "MAIL from: <foo@example.com> size=20 body=8bitmime",
+                replies::MAIL_PARAMS_UNKNOWN,
+            ),
+            (
+                "MAIL from: <foo@example.com> size=20 BODY=UNKNOWN",
+                replies::MAIL_PARAMS_UNKNOWN,
+            ),
+            ("MAIL from: <foo@example.com> size=20", replies::OK),
+        ],
+    );
+}
+
+#[test]
+fn mail_smtputf8() {
+    let cfg = Config {
+        enable_smtputf8: true,
+        ..config()
+    };
+    let mut s = session_after_ehlo_with(cfg.clone());
+    dialogue(
+        &mut s,
+        &[
+            ("MAIL FROM:<a@b> SMTPUTF8=yes", replies::SMTPUTF8_NO_ARGS),
+            ("MAIL FROM:<späm@b>", replies::NON_ASCII_ADDRESS),
+            (
+                "MAIL from: <foo@example.com> size=20 body=8bitmime smtputf8",
+                replies::OK,
+            ),
+        ],
+    );
+    assert!(s.envelope().unwrap().smtputf8);
+    let mut s = session_after_ehlo_with(cfg);
+    ok(&mut s, "MAIL FROM:<späm@examplé> SMTPUTF8");
+    ok(&mut s, "RCPT To:späm@examplé");
+    expect_canned(&mut s, "DATA", replies::START_DATA);
+    let m = message(&mut s, "utf8 enriched text: żźć".as_bytes());
+    assert!(m.smtputf8);
+    assert_eq!(m.mail_from, "späm@examplé");
+    assert_eq!(m.rcpt_tos, ["späm@examplé"]);
+    assert_eq!(m.mail_options, ["SMTPUTF8"]);
+}
+
+#[test]
+fn non_ascii_address_without_smtputf8_is_553() {
+    let mut s = session_after_ehlo();
+    expect_canned(&mut s, "MAIL FROM:<späm@b>", replies::NON_ASCII_ADDRESS);
+    ok(&mut s, "MAIL FROM:<a@b>");
+    expect_canned(&mut s, "RCPT TO:<späm@b>", replies::NON_ASCII_ADDRESS);
+}
+
+#[test]
+fn nested_mail() {
+    let mut s = session_in_mail();
+    expect_canned(&mut s, "MAIL from:spam@example", replies::NESTED_MAIL);
+    // The syntax check comes first, as in CPython.
+    expect_canned(&mut s, "MAIL from spam", replies::MAIL_SYNTAX_ESMTP);
+    assert_eq!(s.envelope().unwrap().mail_from, "eggs@example");
+}
+
+// ---- RCPT ----------------------------------------------------------------------
+
+#[test]
+fn rcpt_before_mail() {
+    let mut s = session_after_helo();
+    expect_canned(&mut s, "RCPT to:spam@example", replies::NEED_MAIL);
+    expect_canned(&mut s, "RCPT to eggs@example", replies::NEED_MAIL);
+}
+
+#[test]
+fn rcpt_errors() {
+    let mut s = session_after_helo();
+    ok(&mut s, "MAIL From: eggs@example");
+    dialogue(
+        &mut s,
+        &[
+            ("RCPT to eggs@example", replies::RCPT_SYNTAX),
+            ("RCPT", replies::RCPT_SYNTAX),
+            ("RCPT to:<>", replies::RCPT_SYNTAX),
+            ("RCPT to:<a@b> X=1", replies::RCPT_SYNTAX),
+            ("RCPT to: <eggs@example>", replies::OK),
+        ],
+    );
+    let mut s = session_in_mail();
+    dialogue(
+        &mut s,
+        &[
+            ("RCPT to eggs@example", replies::RCPT_SYNTAX_ESMTP),
+            (
+                "RCPT TO:<eggs@example> ham=green",
+                replies::RCPT_PARAMS_UNKNOWN,
+            ),
+            ("RCPT TO:<eggs@example> =", replies::RCPT_SYNTAX_ESMTP),
+        ],
+    );
+    assert!(s.envelope().unwrap().rcpt_tos.is_empty());
+}
+
+#[test]
+fn multiple_rcpt() {
+    let mut s = session_after_helo();
+    dialogue(
+        &mut s,
+        &[
+            ("MAIL From:eggs@example", replies::OK),
+            ("RCPT To:spam@example", replies::OK),
+            ("RCPT To:ham@example", replies::OK),
+            ("DATA", replies::START_DATA),
+        ],
+    );
+    let m = message(&mut s, b"data");
+    assert_eq!(m.peer, peer());
+    assert_eq!(m.helo.as_deref(), Some("client.example"));
+    assert_eq!(m.mail_from, "eggs@example");
+    assert_eq!(m.rcpt_tos, ["spam@example", "ham@example"]);
+    assert_eq!(m.data, b"data");
+    assert!(m.mail_options.is_empty() && m.rcpt_options.is_empty());
+}
+
+#[test]
+fn max_recipients() {
+    let mut s = session_after_ehlo_with(Config {
+        max_recipients: 2,
+        ..config()
+    });
+    dialogue(
+        &mut s,
+        &[
+            ("MAIL FROM:<a@b>", replies::OK),
+            ("RCPT TO:<1@b>", replies::OK),
+            ("RCPT TO:<2@b>", replies::OK),
+            ("RCPT TO:<3@b>", replies::TOO_MANY_RECIPIENTS),
+        ],
+    );
+    assert_eq!(s.envelope().unwrap().rcpt_tos.len(), 2);
+    assert_eq!(
+        replies::TOO_MANY_RECIPIENTS.line(),
+        "452 Error: too many recipients"
+    );
+}
+
+// ---- DATA ------------------------------------------------------------------------
+
+#[test]
+fn data_errors() {
+    let mut s = session_after_helo();
+    expect_canned(&mut s, "DATA", replies::NEED_RCPT);
+    ok(&mut s, "MAIL From:eggs@example");
+    expect_canned(&mut s, "DATA", replies::NEED_RCPT);
+    ok(&mut s, "RCPT To:spam@example");
+    expect_canned(&mut s, "DATA spam", replies::DATA_SYNTAX);
+    assert_eq!(s.framing(), Framing::Line);
+    expect_canned(&mut s, "DATA", replies::START_DATA);
+    assert_eq!(s.framing(), Framing::Data);
+}
+
+#[test]
+fn data_round_trip_and_verdict() {
+    let mut s = session_in_data();
+    assert_eq!(s.input_limit(), Some(33_554_432));
+    let m = message(&mut s, b"data\r\nmore");
+    assert_eq!(m.data, b"data\r\nmore");
+    assert!(s.is_waiting());
+    assert!(s.envelope().is_none());
+    assert_eq!(s.framing(), Framing::Line);
+    let mut out = Vec::new();
+    s.message_done(Reply::ok(), &mut out);
+    assert_eq!(out, vec![Output::Reply(replies::OK.reply())]);
+    assert!(!s.is_waiting());
+    assert!(s.envelope().is_none());
+    // Back in command state, greeting kept: a new transaction works.
+    ok(&mut s, "MAIL FROM:<x@y>");
+}
+
+#[test]
+fn custom_verdict_from_parse() {
+    let mut s = session_in_data();
+    let _ = message(&mut s, b"return status");
+    let mut out = Vec::new();
+    s.message_done(Reply::parse("250 Okish").unwrap(), &mut out);
+    assert_eq!(out, vec![Output::Reply(Reply::new(250, "Okish"))]);
+}
+
+#[test]
+fn dot_unstuffing() {
+    let table: &[(&[u8], &[u8])] = &[
+        (b"..", b"."),
+        (b"a\r\n..\r\n...b\r\n.c", b"a\r\n.\r\n..b\r\nc"),
+        (b"x.y", b"x.y"),
+    ];
+    for (body, want) in table {
+        let mut s = session_in_data();
+        assert_eq!(message(&mut s, body).data, *want);
+    }
+}
+
+#[test]
+fn empty_body() {
+    let mut s = session_in_data();
+    assert_eq!(message(&mut s, b"").data, b"");
+}
+
+#[test]
+fn lf_newlines_option() {
+    let mut s = session_in_data_with(Config {
+        lf_newlines: true,
+        ..config()
+    });
+    assert_eq!(message(&mut s, b"a\r\n..b\r\n\r\nc").data, b"a\n.b\n\nc");
+}
+
+#[test]
+fn bare_lf_rejected_by_default() {
+    let mut s = session_in_data();
+    assert_eq!(data_reply(&mut s, b"a\nb"), replies::BARE_LF.reply());
+    assert_eq!(s.framing(), Framing::Line);
+    assert!(s.envelope().is_none());
+    assert!(!s.is_waiting());
+    ok(&mut s, "MAIL FROM:<a@b>");
+}
+
+#[test]
+fn bare_lf_normalized() {
+    let mut s = session_in_data_with(Config {
+        bare_lf: BareLf::Normalize,
+        ..config()
+    });
+    assert_eq!(message(&mut s, b"a\n.b\r\nc").data, b"a\r\nb\r\nc");
+}
+
+#[test]
+fn decode_data_requires_utf8() {
+    let cfg = Config {
+        decode_data: true,
+        ..config()
+    };
+    let mut s = session_in_data_with(cfg.clone());
+    assert_eq!(
+        data_reply(&mut s, b"\xff\xfe"),
+        replies::DATA_NOT_UTF8.reply()
+    );
+    assert_eq!(s.framing(), Framing::Line);
+    let mut s = session_in_data_with(cfg);
+    let m = message(&mut s, "utf8 enriched text: żźć".as_bytes());
+    assert_eq!(m.data, "utf8 enriched text: żźć".as_bytes());
+}
+
+#[test]
+fn options_upper_cased_in_message() {
+    let mut s = session_after_ehlo();
+    ok(&mut s, "MAIL FROM:<a@b> size=20   body=8bitmime");
+    ok(&mut s, "RCPT TO:<c@d>");
+    expect_canned(&mut s, "DATA", replies::START_DATA);
+    let m = message(&mut s, b"x");
+    assert_eq!(m.mail_options, ["SIZE=20", "BODY=8BITMIME"]);
+    assert!(m.rcpt_options.is_empty());
+}
+
+#[test]
+fn several_messages_in_one_session() {
+    let mut s = session_after_ehlo();
+    for n in 0..3 {
+        ok(&mut s, &format!("MAIL FROM:<{n}@a>"));
+        ok(&mut s, "RCPT TO:<r@b>");
+        expect_canned(&mut s, "DATA", replies::START_DATA);
+        let m = message(&mut s, b"test");
+        assert_eq!(m.mail_from, format!("{n}@a"));
+        let mut out = Vec::new();
+        s.message_done(Reply::new(550, "No"), &mut out);
+        assert_eq!(out, vec![Output::Reply(Reply::new(550, "No"))]);
+    }
+}
+
+// ---- size limits -----------------------------------------------------------
+
+#[test]
+fn oversize_line() {
+    let mut s = session_after_helo();
+    let mut out = Vec::new();
+    s.feed_oversize(&mut out);
+    assert_eq!(out, vec![Output::Reply(replies::LINE_TOO_LONG.reply())]);
+    let line = format!("MAIL from: {}@example", "a".repeat(512));
+    expect_canned(&mut s, &line, replies::LINE_TOO_LONG);
+    assert!(s.envelope().is_none());
+}
+
+#[test]
+fn oversize_data_resets_to_command_state() {
+    let mut s = session_in_data();
+    let mut out = Vec::new();
+    s.feed_oversize(&mut out);
+    assert_eq!(out, vec![Output::Reply(replies::TOO_MUCH_DATA.reply())]);
+    assert_eq!(s.framing(), Framing::Line);
+    assert!(s.envelope().is_none());
+    assert!(!s.is_waiting());
+    assert_eq!(s.helo(), Some("client.example"));
+    ok(&mut s, "NOOP");
+    expect_canned(&mut s, "DATA", replies::NEED_RCPT);
+}
+
+#[test]
+fn data_longer_than_limit_fed_anyway() {
+    let mut s = session_in_data_with(Config {
+        data_size_limit: 32,
+        ..config()
+    });
+    assert_eq!(s.input_limit(), Some(32));
+    let r = data_reply(&mut s, b"This message is longer than 32 bytes");
+    assert_eq!(r, replies::TOO_MUCH_DATA.reply());
+    assert_eq!(s.framing(), Framing::Line);
+}
+
+#[test]
+fn data_unlimited() {
+    let s = session_in_data_with(Config {
+        data_size_limit: 0,
+        ..config()
+    });
+    assert_eq!(s.input_limit(), None);
+}
+
+#[test]
+fn command_limit_grows_after_ehlo_with_size() {
+    let mut s = session_greeted();
+    assert_eq!(s.input_limit(), Some(512));
+    let _ = one_reply(&mut s, b"EHLO example");
+    assert_eq!(s.input_limit(), Some(538));
+    let fill = 512 - "MAIL from:<@example>".len();
+    ok(
+        &mut s,
+        &format!("MAIL from:<{}@example> SIZE=1234", "a".repeat(fill)),
+    );
+    ok(&mut s, "RSET");
+    expect_canned(
+        &mut s,
+        &format!("MAIL from:<{}@example> SIZE=1234", "a".repeat(fill + 26)),
+        replies::LINE_TOO_LONG,
+    );
+    // Other commands keep the base limit.
+    expect_canned(
+        &mut s,
+        &format!("NOOP {}", "x".repeat(510)),
+        replies::LINE_TOO_LONG,
+    );
+}
+
+#[test]
+fn command_limit_with_size_and_smtputf8() {
+    let mut s = session_after_ehlo_with(Config {
+        enable_smtputf8: true,
+        ..config()
+    });
+    assert_eq!(s.input_limit(), Some(548));
+    let fill = 548 - "mail from:<@example>".len();
+    let long = format!("MAIL from:<{}a@example>", "b".repeat(fill));
+    expect_canned(&mut s, &long, replies::LINE_TOO_LONG);
+    ok(&mut s, &format!("MAIL from:<{}@example>", "b".repeat(fill)));
+}
+
+#[test]
+fn command_limit_is_per_session() {
+    let _ehlo = session_after_ehlo_with(Config {
+        enable_smtputf8: true,
+        ..config()
+    });
+    let mut fresh = session_greeted();
+    assert_eq!(fresh.input_limit(), Some(512));
+    let mut helo = session_after_helo();
+    assert_eq!(helo.input_limit(), Some(512));
+    let fill = 512 - "MAIL from:<@example>".len() + 1;
+    expect_canned(
+        &mut helo,
+        &format!("MAIL from:<{}@example>", "a".repeat(fill)),
+        replies::LINE_TOO_LONG,
+    );
+    let _ = one_reply(&mut fresh, b"EHLO x");
+    assert_eq!(fresh.input_limit(), Some(538));
+}
+
+#[test]
+fn command_limit_without_size() {
+    let s = session_after_ehlo_with(Config {
+        data_size_limit: 0,
+        ..config()
+    });
+    assert_eq!(s.input_limit(), Some(512));
+}
+
+// ---- caller bugs ---------------------------------------------------------------
+
+#[test]
+#[cfg(debug_assertions)]
+#[should_panic(expected = "feed_line in state Waiting")]
+fn feeding_while_waiting_is_a_caller_bug() {
+    let mut s = session_in_data();
+    let _ = message(&mut s, b"x");
+    let _ = feed(&mut s, b"NOOP");
+}
+
+#[test]
+#[cfg(debug_assertions)]
+#[should_panic(expected = "message_done")]
+fn message_done_without_message_is_a_caller_bug() {
+    let mut s = session_greeted();
+    s.message_done(Reply::ok(), &mut Vec::new());
+}
+
+// ---- Reply ---------------------------------------------------------------------
+
+#[test]
+fn reply_wire_forms() {
+    assert_eq!(wire(&Reply::ok()), "250 OK\r\n");
+    assert_eq!(
+        wire(&Reply::multiline(250, ["a", "b", "c"])),
+        "250-a\r\n250-b\r\n250 c\r\n"
+    );
+    assert_eq!(wire(&Reply::new(250, "")), "250\r\n");
+    assert_eq!(
+        wire(&Reply {
+            code: 250,
+            lines: vec![]
+        }),
+        "250\r\n"
+    );
+    assert_eq!(
+        Reply::multiline(250, ["a", "b"]).to_string(),
+        "250-a\r\n250 b"
+    );
+}
+
+#[test]
+fn reply_texts_never_contain_crlf() {
+    let r = Reply::new(550, "evil\r\n250 OK");
+    assert_eq!(wire(&r), "550 evil  250 OK\r\n");
+    let hand = Reply {
+        code: 550,
+        lines: vec!["x\ny".to_owned()],
+    };
+    assert_eq!(wire(&hand), "550 x y\r\n");
+}
+
+#[test]
+fn reply_parse() {
+    type Expected = Option<(u16, &'static [&'static str])>;
+    let table: &[(&str, Expected)] = &[
+        ("550 No such user", Some((550, &["No such user"]))),
+        ("250 OK\r\n", Some((250, &["OK"]))),
+        ("250", Some((250, &[""]))),
+        ("250-a\r\n250 b", Some((250, &["a", "b"]))),
+        ("250-a\n250 b\n", Some((250, &["a", "b"]))),
+        ("250-a\r\n251 b", None),
+        ("250-a", None),
+        ("25 x", None),
+        ("650 x", None),
+        ("250x", None),
+        ("", None),
+        ("abc def", None),
+        ("250 a\rb", None),
+    ];
+    for (text, want) in table {
+        let got = Reply::parse(text);
+        let want = want.map(|(c, l)| Reply::multiline(c, l.iter().copied()));
+        assert_eq!(got, want, "{text:?}");
+    }
+}
+
+#[test]
+fn config_validation() {
+    assert!(Config::default().validate().is_ok());
+    let bad = Config {
+        enable_smtputf8: true,
+        decode_data: true,
+        ..Config::default()
+    };
+    assert_eq!(bad.validate(), Err(ConfigError::DecodeDataWithSmtputf8));
+    let d = Config::default();
+    assert_eq!(d.data_size_limit, 33_554_432);
+    assert_eq!(d.product, "smtpd-rs 0.1");
+    assert_eq!(d.bare_lf, BareLf::Reject);
+    assert_eq!(d.max_recipients, 0);
+    assert!(!d.lf_newlines && !d.enable_smtputf8 && !d.decode_data);
+}
+
+// ---- property tests ----------------------------------------------------------------
+
+/// Checks that `out` is exactly one well-formed reply, plus Close after 221.
+fn assert_one_wellformed_reply(out: &[Output]) {
+    let reply = match out {
+        [Output::Reply(r)] => r,
+        [Output::Reply(r), Output::Close] if r.code == 221 => r,
+        other => panic!("expected one reply, got {other:?}"),
+    };
+    let bytes = reply.to_bytes();
+    let text = std::str::from_utf8(&bytes).expect("reply is UTF-8");
+    let lines: Vec<&str> = text.split_terminator("\r\n").collect();
+    assert!(text.ends_with("\r\n"));
+    assert!(!lines.is_empty());
+    for (i, line) in lines.iter().enumerate() {
+        assert!(!line.contains(['\r', '\n']), "{text:?}");
+        let b = line.as_bytes();
+        assert!(
+            b.len() >= 3 && b[..3].iter().all(u8::is_ascii_digit),
+            "{text:?}"
+        );
+        assert!((200..600).contains(&reply.code), "{text:?}");
+        let last = i + 1 == lines.len();
+        match b.get(3) {
+            None => assert!(last),
+            Some(b'-') => assert!(!last),
+            Some(b' ') => assert!(last),
+            _ => panic!("bad separator in {text:?}"),
+        }
+    }
+}
+
+fn command_line() -> impl Strategy<Value = Vec<u8>> {
+    let verbs = prop::sample::select(vec![
+        "HELO", "EHLO", "MAIL", "RCPT", "DATA", "RSET", "NOOP", "QUIT", "HELP", "VRFY", "EXPN",
+        "mail", "XYZ", "",
+    ]);
+    let tail = prop::collection::vec(
+        prop_oneof![
+            prop::sample::select(b"<>@\":., =\\[]\r\n\t-".to_vec()),
+            any::<u8>(),
+            prop::sample::select(b"FROM:TO:SIZEBODY8BITMIMESMTPUTF8ab".to_vec()),
+        ],
+        0..80,
+    );
+    (verbs, tail).prop_map(|(v, t)| {
+        let mut line = v.as_bytes().to_vec();
+        line.push(b' ');
+        line.extend(t);
+        line
+    })
+}
+
+proptest! {
+    #[test]
+    fn random_lines_get_one_wellformed_reply(
+        state in 0..5usize,
+        utf8 in any::<bool>(),
+        lines in prop::collection::vec(
+            prop_oneof![command_line(), prop::collection::vec(any::<u8>(), 0..40)],
+            1..8,
+        ),
+    ) {
+        let cfg = Config { enable_smtputf8: utf8, ..config() };
+        let mut s = match state {
+            0 => session_with(cfg),
+            1 => { let mut s = session_with(cfg); let _ = feed(&mut s, b"HELO x"); s }
+            2 => session_after_ehlo_with(cfg),
+            3 => { let mut s = session_after_ehlo_with(cfg); let _ = feed(&mut s, b"MAIL FROM:<a@b>"); s }
+            _ => { let mut s = session_after_ehlo_with(cfg); let _ = feed(&mut s, b"MAIL FROM:<a@b>"); let _ = feed(&mut s, b"RCPT TO:<c@d>"); s }
+        };
+        for line in lines {
+            if s.is_closed() {
+                prop_assert!(feed(&mut s, &line).is_empty());
+                continue;
+            }
+            if s.framing() == Framing::Data {
+                let out = data(&mut s, &line);
+                prop_assert_eq!(out.len(), 1);
+                if s.is_waiting() {
+                    s.message_done(Reply::ok(), &mut Vec::new());
+                }
+                continue;
+            }
+            let out = feed(&mut s, &line);
+            assert_one_wellformed_reply(&out);
+        }
+    }
+
+    #[test]
+    fn random_bodies_never_panic(body in prop::collection::vec(any::<u8>(), 0..200), normalize in any::<bool>()) {
+        let cfg = Config {
+            bare_lf: if normalize { BareLf::Normalize } else { BareLf::Reject },
+            ..config()
+        };
+        let mut s = session_in_data_with(cfg);
+        let out = data(&mut s, &body);
+        prop_assert_eq!(out.len(), 1);
+        if let Output::Message(m) = &out[0] {
+            // Unstuffing never grows the body; normalizing adds one CR per LF at most.
+            prop_assert!(m.data.len() <= body.len() * 2);
+        }
+    }
+
+    #[test]
+    fn reply_parse_round_trips(code in 200u16..600, text in "[ -~]{0,40}") {
+        let r = Reply::new(code, text.clone());
+        let wire = r.to_string();
+        let parsed = Reply::parse(&wire).expect("own wire form parses");
+        prop_assert_eq!(parsed.code, code);
+        prop_assert_eq!(parsed.to_string(), wire);
+    }
+}
