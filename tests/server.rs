@@ -179,10 +179,6 @@ impl TestServer {
         }
     }
 
-    fn client(&self) -> Client {
-        Client::connect(self.addrs[0])
-    }
-
     fn message(&self) -> Message {
         self.messages
             .recv_timeout(Duration::from_secs(5))
