@@ -1,5 +1,83 @@
-//! smtpd
+//! # smtpd — Python's `smtpd`, `asyncore` and `asynchat`, rebuilt on `mio`
+//!
+//! An embeddable SMTP server for programs that do not run an async runtime: one thread, one
+//! `mio::Poll`, a slab of channel objects — the shape of Python's asyncore — driven by
+//! [`Reactor::run`](reactor::Reactor::run), one step at a time by the host
+//! ([`poll_once`](reactor::Reactor::poll_once)), or nested in a foreign poller through its file
+//! descriptor.
+//!
+//! ## Layers
+//!
+//! | module | Python counterpart | job | touches sockets? |
+//! |---|---|---|---|
+//! | [`reactor`] | `asyncore` | the loop, the dispatcher map, timers, stop and remote handles | yes |
+//! | [`chat`] | `asynchat.async_chat` | terminator framing, output queue, backpressure | yes |
+//! | [`smtp`] | `smtpd.SMTPChannel`'s logic | the sans-I/O SMTP session: lines in, replies out | **no** |
+//! | [`server`] | `smtpd.SMTPServer` | the [`SmtpServer`](server::SmtpServer) trait, [`Listener`](server::Listener), deferred replies | listener only |
+//! | [`servers`] | `DebuggingServer`, ... | built-in servers, written against the public API | no |
+//! | [`cli`] | `python -m smtpd` | the command line, reusable with your own server classes | no |
+//!
+//! ## One message, end to end
+//!
+//! ```text
+//!  socket ──► chat (frames "\r\n" / "\r\n.\r\n") ──► smtp::Session (meaning)
+//!                                                        │ Output::Message
+//!                                                        ▼
+//!  socket ◄── chat (output queue) ◄── reply ◄── SmtpServer::process_message
+//!                                              (Accept / Reply / Deferred → Ticket)
+//! ```
+//!
+//! Protocol code never touches a socket; socket code never parses SMTP. `server`'s channel is
+//! the one place where the two meet.
+//!
+//! ## Receiving mail in ten lines
+//!
+//! ```no_run
+//! use std::{cell::RefCell, rc::Rc};
+//! use smtpd::{reactor::Reactor, server::*};
+//!
+//! struct Inbox;
+//! impl SmtpServer for Inbox {
+//!     fn process_message(&mut self, m: &Message, _cx: &mut ServerCtx<'_, '_>) -> Outcome {
+//!         println!("{} -> {:?}, {} bytes", m.mail_from, m.rcpt_tos, m.data.len());
+//!         Outcome::Accept // Python's `return None`: 250 OK
+//!     }
+//! }
+//!
+//! let mut reactor = Reactor::new()?;
+//! Listener::bind(&mut reactor, "127.0.0.1:8025".parse().unwrap(),
+//!                Rc::new(RefCell::new(Inbox)), ServerOptions::default())?;
+//! reactor.run()?;
+//! # Ok::<(), std::io::Error>(())
+//! ```
+//!
+//! ## Python names
+//!
+//! | Python | here |
+//! |---|---|
+//! | `asyncore.loop(timeout, use_poll, map, count)` | [`Reactor::run`](reactor::Reactor::run), [`run_count`](reactor::Reactor::run_count), [`poll_once`](reactor::Reactor::poll_once); the map is the `Reactor` value; `use_poll` has no counterpart (mio picks the selector) |
+//! | `asyncore.dispatcher` | [`reactor::Dispatcher`] |
+//! | `readable()` / `writable()` | [`wants_read`](reactor::Dispatcher::wants_read) / [`wants_write`](reactor::Dispatcher::wants_write) |
+//! | `handle_read` / `handle_write` / `handle_close` / `handle_error` | [`on_readable`](reactor::Dispatcher::on_readable) / [`on_writable`](reactor::Dispatcher::on_writable) / [`on_close`](reactor::Dispatcher::on_close) / [`on_error`](reactor::Dispatcher::on_error) |
+//! | `handle_accepted` | [`reactor::Acceptor`] |
+//! | `ExitNow` | [`StopHandle::stop`](reactor::StopHandle::stop), [`Ctx::stop`](reactor::Ctx::stop) |
+//! | `asyncore.close_all` | [`Reactor::close_all`](reactor::Reactor::close_all) |
+//! | `async_chat` subclass | a [`chat::ChatHandler`] in a [`chat::ChatDispatcher`] |
+//! | `set_terminator` / `push` / `push_with_producer` / `close_when_done` | [`ChatCtl`](chat::ChatCtl) methods of the same names |
+//! | `collect_incoming_data` / `found_terminator` | [`ChatHandler`](chat::ChatHandler) methods of the same names |
+//! | `smtpd.SMTPServer(localaddr, remoteaddr, data_size_limit, map, enable_SMTPUTF8, decode_data)` | [`server::Listener::bind`] with [`server::ServerOptions`] |
+//! | `process_message(peer, mailfrom, rcpttos, data, **kwargs)` | [`SmtpServer::process_message`](server::SmtpServer::process_message) |
+//! | `smtpd.DebuggingServer` | [`servers::DebuggingServer`] |
+//!
+//! ## Threads
+//!
+//! The reactor is `!Send`, like asyncore: everything runs on its thread. Build it on the thread
+//! that runs it; talk to it from elsewhere through [`StopHandle`](reactor::StopHandle) and
+//! [`RemoteHandle`](reactor::RemoteHandle) (a deferred answer computed on a worker thread comes
+//! back through a [`Ticket`](server::Ticket), which uses the remote handle).
 #![forbid(unsafe_code)]
+#![deny(missing_docs)]
+
 pub mod chat;
 pub mod cli;
 pub mod reactor;

@@ -72,8 +72,9 @@ pub trait Dispatcher: Any {
     /// A timer set with [`Ctx::set_timer`] fired.
     fn on_timer(&mut self, _ctx: &mut Ctx<'_>, _timer: TimerId) {}
 
-    /// A message from another dispatcher ([`Ctx::notify`]), the host ([`Reactor::notify`]
-    /// (super::Reactor::notify)) or another thread ([`RemoteHandle::notify`](super::RemoteHandle::notify)).
+    /// A message from another dispatcher ([`Ctx::notify`]), the host
+    /// ([`Reactor::notify`](super::Reactor::notify)) or another thread
+    /// ([`RemoteHandle::notify`](super::RemoteHandle::notify)).
     fn on_notify(&mut self, _ctx: &mut Ctx<'_>, _message: Box<dyn Any>) {}
 
     /// The dispatcher is being removed (asyncore's `handle_close`, minus the close itself, which
