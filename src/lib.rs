@@ -80,6 +80,7 @@
 
 pub mod chat;
 pub mod cli;
+pub mod client;
 pub mod reactor;
 pub mod server;
 pub mod servers;
