@@ -8,7 +8,10 @@ use std::net::{SocketAddr, TcpListener};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use support::{python_ok, run, start_cpython_smtpd, start_smtpd, Output, Proc, RawClient, SMTPD};
+use support::{
+    assert_in_order, free_port, python_ok, run, start_cpython_smtpd, start_smtpd, Output, Proc,
+    RawClient, SMTPD,
+};
 
 const QUICK: Duration = Duration::from_secs(20);
 
@@ -109,21 +112,98 @@ fn unknown_class_names_the_available_ones() {
 }
 
 #[test]
-fn pure_proxy_not_built_yet_is_a_clear_error() {
+fn mailman_proxy_not_built_yet_is_a_clear_error() {
     let spec = port_spec();
-    for args in [&["-n", "-c", "PureProxy", &spec][..], &["-n", &spec]] {
-        let out = ours(args);
-        assert_eq!(out.status.code(), Some(1), "{args:?}: {out:?}");
-        for word in ["PureProxy", "DebuggingServer", "Sink"] {
-            assert!(
-                out.stderr.contains(word),
-                "{args:?}: stderr lacks {word}: {}",
-                out.stderr
-            );
-        }
-        // It must not have started serving.
-        assert!(!out.stderr.contains("listening on"), "{}", out.stderr);
+    let out = ours(&["-n", "-c", "MailmanProxy", &spec]);
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    for word in ["MailmanProxy", "DebuggingServer", "PureProxy", "Sink"] {
+        assert!(
+            out.stderr.contains(word),
+            "stderr lacks {word}: {}",
+            out.stderr
+        );
     }
+    // It must not have started serving.
+    assert!(!out.stderr.contains("listening on"), "{}", out.stderr);
+}
+
+#[test]
+fn pure_proxy_is_the_default_class_and_relays_to_the_upstream() {
+    // The upstream: our own DebuggingServer binary.
+    let (upstream, upstream_port) = start_smtpd(&["-n", "-c", "DebuggingServer"]);
+    let remote = format!("127.0.0.1:{upstream_port}");
+    let proxy_port = free_port();
+    let local = format!("127.0.0.1:{proxy_port}");
+    // No -c: PureProxy, as in Python.
+    let mut proxy = Proc::smtpd(&["-n", &local, &remote]);
+    proxy.wait_listening(SocketAddr::from(([127, 0, 0, 1], proxy_port)));
+    let out = python_ok(
+        r#"
+import smtplib, sys
+c = smtplib.SMTP('127.0.0.1', int(sys.argv[1]), timeout=10)
+print(c.sendmail('a@example.com', ['b@example.com'], b'Subject: relayed\r\n\r\nvia the proxy\r\n'))
+c.quit()
+"#,
+        &[&proxy_port.to_string()],
+    );
+    assert_eq!(out.trim(), "{}", "no recipient refused");
+    assert!(
+        upstream.wait_stdout_count("via the proxy", 1, Duration::from_secs(5)),
+        "{}",
+        upstream.stdout()
+    );
+    let printed = upstream.stdout();
+    assert_in_order(
+        &printed,
+        &[
+            "Received: from ",
+            "by ",
+            "Subject: relayed",
+            "X-Peer: 127.0.0.1",
+            "via the proxy",
+        ],
+    );
+    // With the upstream gone, the proxy answers 451: the sender keeps the message.
+    drop(upstream);
+    let out = python_ok(
+        r#"
+import smtplib, sys
+c = smtplib.SMTP('127.0.0.1', int(sys.argv[1]), timeout=10)
+try:
+    c.sendmail('a@example.com', ['b@example.com'], b'Subject: lost?\r\n\r\nno\r\n')
+    print('accepted')
+except smtplib.SMTPDataError as e:
+    print(e.smtp_code)
+"#,
+        &[&proxy_port.to_string()],
+    );
+    assert_eq!(out.trim(), "451");
+}
+
+#[test]
+fn pure_proxy_options_are_checked() {
+    let spec = port_spec();
+    let out = ours(&["-n", "--relay-mode", "sometimes", &spec]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        out.stderr.contains("Invalid relay mode: sometimes"),
+        "{}",
+        out.stderr
+    );
+    let out = ours(&["-n", "--trusted", "not-a-net", &spec, "127.0.0.1:25"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        out.stderr.contains("Invalid trusted network: not-a-net"),
+        "{}",
+        out.stderr
+    );
+    let out = ours(&["-n", "--upstream-timeout", "0", &spec]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        out.stderr.contains("Invalid upstream timeout: 0"),
+        "{}",
+        out.stderr
+    );
 }
 
 fn id(flag: &str, user: Option<&str>) -> u32 {

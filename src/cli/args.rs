@@ -33,6 +33,14 @@ pub struct Options {
     pub remotehost: String,
     /// Port of the upstream server.
     pub remoteport: u16,
+    /// `--relay-mode`: `live` or `after-data` (PureProxy), `None` for the class default.
+    pub relay_mode: Option<String>,
+    /// `--trusted NET[,NET...]` (repeatable): networks allowed to relay besides loopback.
+    pub trusted: Vec<String>,
+    /// `--open-relay`: relay for anybody.
+    pub open_relay: bool,
+    /// `--upstream-timeout SECS`: connect and reply timeout towards the upstream.
+    pub upstream_timeout: Option<u64>,
 }
 
 impl Default for Options {
@@ -48,6 +56,10 @@ impl Default for Options {
             localport: 8025,
             remotehost: "localhost".to_owned(),
             remoteport: 25,
+            relay_mode: None,
+            trusted: Vec::new(),
+            open_relay: false,
+            upstream_timeout: None,
         }
     }
 }
@@ -95,6 +107,11 @@ const LONG_OPTIONS: &[(&str, bool)] = &[
     ("size", true),
     ("debug", false),
     ("smtputf8", false),
+    // Our additions (no CPython counterpart).
+    ("relay-mode", true),
+    ("trusted", true),
+    ("open-relay", false),
+    ("upstream-timeout", true),
 ];
 
 /// One recognised option, collected before any of them takes effect.
@@ -106,6 +123,10 @@ enum Opt {
     Debug,
     Smtputf8,
     Size(OsString),
+    RelayMode(OsString),
+    Trusted(OsString),
+    OpenRelay,
+    UpstreamTimeout(OsString),
 }
 
 /// Builds the option from its canonical name (short letter or full long name).
@@ -117,6 +138,10 @@ fn make_opt(name: &str, value: Option<OsString>) -> Opt {
         ("d" | "debug", _) => Opt::Debug,
         ("u" | "smtputf8", _) => Opt::Smtputf8,
         ("c" | "class", v) => Opt::Class(v.unwrap_or_default()),
+        ("relay-mode", v) => Opt::RelayMode(v.unwrap_or_default()),
+        ("trusted", v) => Opt::Trusted(v.unwrap_or_default()),
+        ("open-relay", _) => Opt::OpenRelay,
+        ("upstream-timeout", v) => Opt::UpstreamTimeout(v.unwrap_or_default()),
         (_, v) => Opt::Size(v.unwrap_or_default()),
     }
 }
@@ -297,6 +322,35 @@ pub fn parse_args<I: IntoIterator<Item = OsString>>(
             }
             Opt::Debug => options.debug = true,
             Opt::Smtputf8 => options.enable_smtputf8 = true,
+            Opt::RelayMode(arg) => {
+                let mode = arg.to_string_lossy().into_owned();
+                if mode != "live" && mode != "after-data" {
+                    return Err(with_usage(format!(
+                        "Invalid relay mode: {mode} (live or after-data)"
+                    )));
+                }
+                options.relay_mode = Some(mode);
+            }
+            Opt::Trusted(arg) => {
+                let text = arg.to_string_lossy().into_owned();
+                for net in text.split(',').map(str::trim).filter(|n| !n.is_empty()) {
+                    options.trusted.push(net.to_owned());
+                }
+            }
+            Opt::OpenRelay => options.open_relay = true,
+            Opt::UpstreamTimeout(arg) => {
+                let secs = arg
+                    .to_str()
+                    .and_then(py_int)
+                    .filter(|&n| n > 0)
+                    .and_then(|n| u64::try_from(n).ok());
+                options.upstream_timeout = Some(secs.ok_or_else(|| {
+                    with_usage(format!(
+                        "Invalid upstream timeout: {}",
+                        arg.to_string_lossy()
+                    ))
+                })?);
+            }
             Opt::Size(arg) => {
                 let size = arg.to_str().and_then(parse_size);
                 options.size_limit = Some(size.ok_or_else(|| CliError {
@@ -379,6 +433,25 @@ Options:
 
     -h, --help
         Show this help and exit.
+
+Relay options (PureProxy; not in Python's smtpd):
+
+    --relay-mode live|after-data
+        after-data (the default for now, CPython's timing): the upstream is
+        contacted once the message is complete, and the client's reply is the
+        upstream's verdict: 250 only when the upstream took the message, 451
+        when it is down, slow or refuses temporarily.
+
+    --trusted NET[,NET...]
+        Networks (CIDR, e.g. 192.0.2.0/24) whose clients may relay, besides
+        loopback. Repeatable.
+
+    --open-relay
+        Let anybody relay. Dangerous: only behind other access control.
+
+    --upstream-timeout SECS
+        Give up on an upstream that does not connect or answer within SECS
+        seconds (default 30 to connect, 60 per reply, 120 after the data).
 
 The local address defaults to localhost:8025 and the remote address to
 localhost:25. Either port may be given without a host (`:8025') to mean

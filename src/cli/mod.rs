@@ -18,8 +18,9 @@ use std::time::Duration;
 
 use crate::reactor::Reactor;
 use crate::server::{Listener, ServerOptions, Shutdown, SmtpServer};
-use crate::servers::{DebuggingServer, Sink};
+use crate::servers::{DebuggingServer, ProxyOptions, PureProxy, RelayMode, Sink};
 use crate::smtp::DATA_SIZE_DEFAULT;
+use ipnet::IpNet;
 
 /// The version line printed by `-V` (CPython prints its `__version__`).
 pub const VERSION: &str = concat!("smtpd-rs ", env!("CARGO_PKG_VERSION"));
@@ -46,8 +47,8 @@ pub struct Classes {
 }
 
 impl Classes {
-    /// The built-in classes: `DebuggingServer`, `Sink`, and the names of those not built yet
-    /// (`PureProxy`, `MailmanProxy`), which give a clear error when chosen.
+    /// The built-in classes: `DebuggingServer`, `PureProxy`, `Sink`, and the name of the one
+    /// not built yet (`MailmanProxy`), which gives a clear error when chosen.
     pub fn builtin() -> Classes {
         let mut classes = Classes {
             entries: Vec::new(),
@@ -56,7 +57,9 @@ impl Classes {
             Ok(Rc::new(RefCell::new(DebuggingServer::new())))
         });
         classes.register("Sink", |_| Ok(Rc::new(RefCell::new(Sink::default()))));
-        classes.entries.push(("PureProxy".into(), None));
+        classes.register("PureProxy", |args| {
+            Ok(Rc::new(RefCell::new(pure_proxy(args)?)))
+        });
         classes.entries.push(("MailmanProxy".into(), None));
         classes
     }
@@ -105,6 +108,37 @@ impl std::fmt::Debug for Classes {
             .entries(self.entries.iter().map(|(n, _)| n))
             .finish()
     }
+}
+
+/// Builds a [`PureProxy`] from the command line.
+fn pure_proxy(args: &ClassArgs<'_>) -> Result<PureProxy, String> {
+    let o = args.options;
+    let upstream = args.remote.ok_or_else(|| {
+        format!(
+            "Cannot resolve remote address: {}:{}",
+            o.remotehost, o.remoteport
+        )
+    })?;
+    let mut options = ProxyOptions::default();
+    match o.relay_mode.as_deref() {
+        None | Some("after-data") => options.mode = RelayMode::AfterData,
+        Some(other) => return Err(format!("relay mode {other} is not available yet")),
+    }
+    for net in &o.trusted {
+        let parsed: IpNet = net
+            .parse()
+            .or_else(|_| net.parse::<std::net::IpAddr>().map(IpNet::from))
+            .map_err(|_| format!("Invalid trusted network: {net}"))?;
+        options.trusted.push(parsed);
+    }
+    options.open_relay = o.open_relay;
+    if let Some(secs) = o.upstream_timeout {
+        let t = Duration::from_secs(secs);
+        options.relay.connect_timeout = t;
+        options.relay.command_timeout = t;
+        options.relay.data_timeout = t * 2;
+    }
+    Ok(PureProxy::new(upstream, options))
 }
 
 fn resolve(host: &str, port: u16) -> Option<SocketAddr> {

@@ -603,7 +603,11 @@ mod tests {
                     if let Some(i) = framed.windows(5).position(|w| w == b"\r\n.\r\n") {
                         assert!(data_mode_fresh);
                         // The virtual CRLF in front belongs to the DATA line.
-                        let body = if i < 2 { Vec::new() } else { framed[2..i].to_vec() };
+                        let body = if i < 2 {
+                            Vec::new()
+                        } else {
+                            framed[2..i].to_vec()
+                        };
                         to_server.drain(..i + 3);
                         server.feed_data(&body, &mut out);
                         continue;

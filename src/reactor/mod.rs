@@ -534,7 +534,7 @@ impl Reactor {
         Ok(())
     }
 
-    /// Runs ticks of at most `tick` each until `done(self)` holds or `deadline` passes; returns
+    /// Runs ticks until `done(self)` holds, `deadline` passes or a stop is asked for; returns
     /// whether `done` held. A bounded loop for tests and host programs.
     ///
     /// # Errors
@@ -549,7 +549,7 @@ impl Reactor {
                 return Ok(true);
             }
             let now = Instant::now();
-            if now >= deadline {
+            if now >= deadline || self.take_stop() {
                 return Ok(false);
             }
             self.poll_once(Some(deadline - now))?;

@@ -1,7 +1,10 @@
 //! Built-in servers, written only against the public [`SmtpServer`](crate::server::SmtpServer)
 //! API, as a user would write their own.
 pub mod debugging;
+mod headers;
+mod pure_proxy;
 mod sink;
 
 pub use debugging::DebuggingServer;
+pub use pure_proxy::{ProxyOptions, PureProxy, Refusal, RelayMode};
 pub use sink::Sink;

@@ -1,0 +1,316 @@
+//! [`PureProxy`]: relays every message to an upstream server, inside the one loop, and never
+//! answers `250` for mail the upstream did not take.
+
+use std::cell::RefCell;
+use std::net::{IpAddr, SocketAddr};
+use std::rc::Rc;
+use std::time::SystemTime;
+
+use ipnet::IpNet;
+
+use super::headers::{count_received, insert_x_peer, received_header};
+use crate::client::{Client, ClientConfig, Event, MailParams, Relay, RelayOptions};
+use crate::reactor::Ctx;
+use crate::server::{fqdn, Message, Outcome, Reply, ServerCtx, SmtpServer, Ticket};
+
+/// When the upstream is contacted.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum RelayMode {
+    /// CPython's timing: after the whole message has been received. All recipients accepted →
+    /// `250 OK`; any temporary refusal → `451` for the whole message (nothing is sent, so a
+    /// retry duplicates nothing); all refused permanently → the upstream's reply; some refused
+    /// permanently and the rest accepted → `250`, with each refusal logged and reported to the
+    /// [refusal hook](PureProxy::on_refusal).
+    AfterData,
+}
+
+/// A recipient the upstream refused permanently while the message went to the others (only
+/// possible in [`RelayMode::AfterData`]).
+#[derive(Clone, Debug)]
+pub struct Refusal {
+    /// The envelope sender.
+    pub mail_from: String,
+    /// The refused recipient.
+    pub rcpt: String,
+    /// The upstream's reply.
+    pub reply: Reply,
+}
+
+/// Settings of a [`PureProxy`].
+#[derive(Clone, Debug)]
+#[non_exhaustive]
+pub struct ProxyOptions {
+    /// When to contact the upstream.
+    pub mode: RelayMode,
+    /// Upstream timeouts.
+    pub relay: RelayOptions,
+    /// Our name: in EHLO to the upstream and in the `Received:` header. Default: the FQDN.
+    pub hostname: String,
+    /// Clients allowed to relay, besides loopback (which always may).
+    pub trusted: Vec<IpNet>,
+    /// Relay for anybody (an open relay: only behind other access control).
+    pub open_relay: bool,
+    /// Refuse messages that already carry more `Received:` headers than this (a mail loop).
+    /// Default 50, as Postfix's `hopcount_limit`.
+    pub max_hops: usize,
+}
+
+impl Default for ProxyOptions {
+    fn default() -> Self {
+        ProxyOptions {
+            mode: RelayMode::AfterData,
+            relay: RelayOptions::default(),
+            hostname: fqdn(),
+            trusted: Vec::new(),
+            open_relay: false,
+            max_hops: 50,
+        }
+    }
+}
+
+type RefusalHook = Rc<RefCell<dyn FnMut(&Refusal)>>;
+
+/// CPython's `PureProxy(localaddr, remoteaddr)`, done right: the relay runs on the reactor
+/// (no thread, no blocking `smtplib`), the client's answer is the upstream's verdict, and an
+/// upstream that is down, slow or drops the connection gets the client a `451` so it retries —
+/// never a `250` for mail that did not arrive.
+///
+/// Each message gets a `Received:` header (RFC 5321 4.4) and `X-Peer: <client ip>` after its
+/// last header, as CPython added. Relaying is allowed from loopback and
+/// [`trusted`](ProxyOptions::trusted) networks only, unless [`open_relay`](ProxyOptions::open_relay).
+pub struct PureProxy {
+    upstream: SocketAddr,
+    options: ProxyOptions,
+    on_refusal: Option<RefusalHook>,
+}
+
+impl PureProxy {
+    /// A proxy to `upstream`, resolved by the caller at start-up (a lookup blocks; the loop
+    /// never does one).
+    pub fn new(upstream: SocketAddr, options: ProxyOptions) -> PureProxy {
+        if options.open_relay {
+            log::warn!(
+                "PureProxy is an open relay: anybody who can connect can send mail through it"
+            );
+        }
+        PureProxy {
+            upstream,
+            options,
+            on_refusal: None,
+        }
+    }
+
+    /// Calls `hook` for each recipient refused permanently while the message was delivered to
+    /// the others.
+    pub fn on_refusal(&mut self, hook: impl FnMut(&Refusal) + 'static) {
+        self.on_refusal = Some(Rc::new(RefCell::new(hook)));
+    }
+
+    /// The upstream address.
+    pub fn upstream(&self) -> SocketAddr {
+        self.upstream
+    }
+
+    fn may_relay(&self, ip: IpAddr) -> bool {
+        let ip = match ip {
+            IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
+            v4 => v4,
+        };
+        self.options.open_relay
+            || ip.is_loopback()
+            || self.options.trusted.iter().any(|net| net.contains(&ip))
+    }
+
+    /// The message as it goes upstream: trace header, then the data with `X-Peer`.
+    fn upstream_data(&self, message: &Message) -> Vec<u8> {
+        let peer_ip = message.peer.ip().to_string();
+        let single = match message.rcpt_tos.as_slice() {
+            [one] => Some(one.as_str()),
+            _ => None,
+        };
+        let received = received_header(
+            message.helo.as_deref(),
+            &peer_ip,
+            &self.options.hostname,
+            true,
+            single,
+            SystemTime::now(),
+        );
+        let mut data = received.into_bytes();
+        data.extend_from_slice(&insert_x_peer(&message.data, &peer_ip));
+        data
+    }
+}
+
+impl std::fmt::Debug for PureProxy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PureProxy")
+            .field("upstream", &self.upstream)
+            .field("options", &self.options)
+            .finish_non_exhaustive()
+    }
+}
+
+impl SmtpServer for PureProxy {
+    fn process_message(&mut self, message: &Message, cx: &mut ServerCtx<'_, '_>) -> Outcome {
+        if !self.may_relay(message.peer.ip()) {
+            log::warn!("{}: relay access denied", message.peer);
+            return Outcome::Reply(Reply::new(554, "5.7.1 Relay access denied"));
+        }
+        let hops = count_received(&message.data);
+        if hops > self.options.max_hops {
+            log::warn!("{}: {hops} hops, a mail loop?", message.peer);
+            return Outcome::Reply(Reply::new(554, "5.4.6 Too many hops"));
+        }
+        let data = self.upstream_data(message);
+        let params = MailParams::for_message(&data, message.smtputf8);
+        let ticket = cx.defer();
+        let mut state = AfterData {
+            ticket: Some(ticket),
+            mail_from: message.mail_from.clone(),
+            rcpts: message.rcpt_tos.clone(),
+            replies: vec![None; message.rcpt_tos.len()],
+            data: Some(data),
+            on_refusal: self.on_refusal.clone(),
+        };
+        let relay = Relay::connect(
+            self.upstream,
+            ClientConfig::smtp(self.options.hostname.clone()),
+            self.options.relay.clone(),
+            Box::new(move |event, client, ctx| state.handle(event, client, ctx)),
+        );
+        let mut relay = match relay {
+            Ok(relay) => relay,
+            Err(e) => {
+                log::error!("cannot open a connection to {}: {e}", self.upstream);
+                return Outcome::Reply(Reply::new(
+                    451,
+                    "Requested action aborted: cannot reach the upstream server",
+                ));
+            }
+        };
+        let mail_from = if message.mail_from == "<>" {
+            ""
+        } else {
+            message.mail_from.as_str()
+        };
+        relay.client().mail(mail_from, params);
+        for rcpt in &message.rcpt_tos {
+            relay.client().rcpt(rcpt.clone());
+        }
+        cx.ctx().spawn(relay);
+        Outcome::Deferred
+    }
+}
+
+/// The after-data relay of one message: turns the upstream's replies into one verdict.
+struct AfterData {
+    ticket: Option<Ticket>,
+    mail_from: String,
+    rcpts: Vec<String>,
+    replies: Vec<Option<Reply>>,
+    data: Option<Vec<u8>>,
+    on_refusal: Option<RefusalHook>,
+}
+
+fn upstream_temporary(reply: &Reply) -> Reply {
+    Reply::new(
+        451,
+        format!(
+            "Requested action aborted: upstream said {} {}",
+            reply.code,
+            reply.lines.join(" ")
+        ),
+    )
+}
+
+impl AfterData {
+    fn finish(&mut self, reply: Reply, ctx: &mut Ctx<'_>) {
+        if let Some(ticket) = self.ticket.take() {
+            ticket.complete_in(ctx, reply);
+        }
+    }
+
+    fn handle(&mut self, event: Event, client: &mut Client, ctx: &mut Ctx<'_>) {
+        match event {
+            Event::Ready(_) => {}
+            Event::Mail(reply) if reply.code / 100 == 2 => {}
+            Event::Mail(reply) => {
+                let verdict = if reply.code / 100 == 5 {
+                    reply
+                } else {
+                    upstream_temporary(&reply)
+                };
+                self.finish(verdict, ctx);
+                client.quit();
+            }
+            Event::Rcpt(n, reply) => {
+                if let Some(slot) = self.replies.get_mut(n) {
+                    *slot = Some(reply);
+                }
+                if n + 1 == self.rcpts.len() {
+                    self.all_rcpts_answered(client, ctx);
+                }
+            }
+            Event::DataRefused(reply) | Event::Data(reply) => {
+                let verdict = match reply.code / 100 {
+                    2 => {
+                        self.report_refusals();
+                        Reply::ok()
+                    }
+                    5 => reply,
+                    _ => upstream_temporary(&reply),
+                };
+                self.finish(verdict, ctx);
+                client.quit();
+            }
+            Event::Failed(reply) => self.finish(reply, ctx),
+            Event::Closed => self.finish(
+                Reply::new(451, "Requested action aborted: upstream closed the session"),
+                ctx,
+            ),
+            _ => {}
+        }
+    }
+
+    fn all_rcpts_answered(&mut self, client: &mut Client, ctx: &mut Ctx<'_>) {
+        let replies: Vec<&Reply> = self.replies.iter().flatten().collect();
+        if let Some(temp) = replies.iter().find(|r| r.code / 100 == 4) {
+            let verdict = upstream_temporary(temp);
+            self.finish(verdict, ctx);
+            client.rset();
+            client.quit();
+        } else if replies.iter().all(|r| r.code / 100 != 2) {
+            let first = replies
+                .first()
+                .map(|r| (*r).clone())
+                .unwrap_or_else(|| Reply::new(554, "5.5.1 No valid recipients"));
+            self.finish(first, ctx);
+            client.quit();
+        } else if let Some(data) = self.data.take() {
+            client.data(data);
+        }
+    }
+
+    fn report_refusals(&mut self) {
+        for (rcpt, reply) in self.rcpts.iter().zip(&self.replies) {
+            let Some(reply) = reply.as_ref().filter(|r| r.code / 100 == 5) else {
+                continue;
+            };
+            log::warn!(
+                "upstream refused <{rcpt}> (from <{}>): {} {}",
+                self.mail_from,
+                reply.code,
+                reply.lines.join(" ")
+            );
+            if let Some(hook) = &self.on_refusal {
+                (hook.borrow_mut())(&Refusal {
+                    mail_from: self.mail_from.clone(),
+                    rcpt: rcpt.clone(),
+                    reply: reply.clone(),
+                });
+            }
+        }
+    }
+}
