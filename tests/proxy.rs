@@ -87,7 +87,7 @@ fn serve(conn: TcpStream, delivered: Arc<Mutex<Vec<Delivered>>>, stop: Arc<Atomi
         .unwrap();
     let mut w = conn.try_clone().unwrap();
     let mut r = BufReader::new(conn);
-    let mut say = |w: &mut TcpStream, s: &str| w.write_all(format!("{s}\r\n").as_bytes()).is_ok();
+    let say = |w: &mut TcpStream, s: &str| w.write_all(format!("{s}\r\n").as_bytes()).is_ok();
     if !say(&mut w, "220 upstream.example ESMTP") {
         return;
     }
