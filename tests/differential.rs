@@ -27,6 +27,7 @@ use std::time::{Duration, Instant};
 
 use smtpd::reactor::{Reactor, StopHandle};
 use smtpd::server::{Listener, Message, Outcome, Reply, ServerCtx, ServerOptions, SmtpServer};
+use smtpd::smtp::BareLf;
 
 /// The name both servers greet with (CPython's `socket.getfqdn` is patched to return it).
 const HOST: &str = "mx.test.example";
@@ -1207,7 +1208,7 @@ fn sink_differences() -> Vec<Dialogue> {
 
 /// MAIL and RCPT: addresses, parameters, sizes, and what `process_message` receives.
 fn echo_dialogues() -> Vec<Dialogue> {
-    vec![
+    let mut v = vec![
         dlg("test_data_dialog (echo): what process_message gets")
             .helo()
             .cmds(&["MAIL From:eggs@example", "RCPT To:spam@example", "DATA"])
@@ -1546,6 +1547,57 @@ fn echo_dialogues() -> Vec<Dialogue> {
                 5,
             )
             .build(),
+    ];
+    v.extend(echo_differences());
+    v
+}
+
+/// Intended differences seen through the echo server.
+fn echo_differences() -> Vec<Dialogue> {
+    let bare_lf = "554 Error: bare LF not allowed in message data";
+    let smuggled = r#"250 ["eggs@example", ["spam@example"], [], [], "hello\n.\nMAIL FROM:<evil@x>\nRCPT TO:<y@z>\nDATA\nevil"]"#;
+    let attack = "\r\nMAIL FROM:<evil@x>\r\nRCPT TO:<y@z>\r\nDATA\r\nevil\r\n.\r\n";
+    vec![
+        dlg("difference 6: smuggling with <LF>.<LF>: one message, refused")
+            .helo()
+            .start_data()
+            .differ(
+                format!("hello\n.\n{}", &attack[2..]),
+                &[smuggled],
+                &[bare_lf],
+            )
+            .cmd("NOOP")
+            .build(),
+        dlg("difference 6: smuggling with <LF>.<CR><LF>: one message, refused")
+            .helo()
+            .start_data()
+            .differ(format!("hello\n.{attack}"), &[smuggled], &[bare_lf])
+            .cmd("NOOP")
+            .build(),
+        dlg("difference 6: a bare LF in the body")
+            .helo()
+            .start_data()
+            .differ(
+                "a\nb\r\n.\r\n",
+                &[r#"250 ["eggs@example", ["spam@example"], [], [], "a\nb"]"#],
+                &[bare_lf],
+            )
+            .cmd("MAIL FROM:<x@y>")
+            .build(),
+        dlg("difference 12: rcpt_options of a refused RCPT")
+            .ehlo()
+            .cmds(&[
+                "MAIL FROM:<a@b>",
+                "RCPT TO:<c@d>",
+                "RCPT TO:<e@f> FOO=BAR",
+                "DATA",
+            ])
+            .differ(
+                "x\r\n.\r\n",
+                &[r#"250 ["a@b", ["c@d"], [], ["FOO=BAR"], "x"]"#],
+                &[r#"250 ["a@b", ["c@d"], [], [], "x"]"#],
+            )
+            .build(),
     ]
 }
 
@@ -1596,6 +1648,17 @@ fn small_dialogues() -> Vec<Dialogue> {
                 "552 Error: message size exceeds fixed maximum message size",
             )
             .expect("MAIL FROM:<eggs@example> SIZE=32", "250 OK")
+            .build(),
+        dlg("difference 3: after 552 the session is back in command state")
+            .helo()
+            .start_data()
+            .send("This message is longer than 32 bytes\r\n.\r\n", 1)
+            .differ("NOOP\r\n", &["<silence>"], &["250 OK"])
+            .differ(
+                ".\r\n",
+                &[r#"250 ["eggs@example", ["spam@example"], [], [], "NOOP"]"#],
+                &["500 Error: command \".\" not recognized"],
+            )
             .build(),
         dlg("a 10 MB message over the limit")
             .helo()
@@ -1704,6 +1767,32 @@ fn utf8_dialogues() -> Vec<Dialogue> {
             .cmd("VRFY ö")
             .cmd("ünknown")
             .build(),
+        dlg("difference 10: non-ASCII addresses in a transaction without SMTPUTF8")
+            .ehlo()
+            .differ(
+                "MAIL FROM:<ä@b>\r\n",
+                &["250 OK"],
+                &["553 Error: non-ASCII address requires SMTPUTF8"],
+            )
+            .differ(
+                "RSET\r\nMAIL FROM:<a@b>\r\nRCPT TO:<ü@c>\r\n",
+                &["250 OK", "250 OK", "250 OK"],
+                &[
+                    "250 OK",
+                    "250 OK",
+                    "553 Error: non-ASCII address requires SMTPUTF8",
+                ],
+            )
+            .build(),
+        dlg("difference 7: non-ASCII echoed outside an SMTPUTF8 transaction")
+            .ehlo()
+            .differ(
+                "ÜBER\r\n",
+                &["<closed>"],
+                &["500 Error: command \"?BER\" not recognized"],
+            )
+            .hang_up()
+            .build(),
         dlg("after the SMTPUTF8 message, SMTPUTF8 must be asked again")
             .ehlo()
             .cmds(&["MAIL FROM:<ä@b> SMTPUTF8", "RCPT TO:<ü@c>", "DATA"])
@@ -1782,4 +1871,148 @@ fn differential_smtputf8() {
 #[test]
 fn differential_decode_data() {
     run_set(DECODE, decode_dialogues());
+}
+
+/// All dialogues, for counting.
+fn all_dialogues() -> Vec<Dialogue> {
+    [
+        sink_dialogues(),
+        echo_dialogues(),
+        small_dialogues(),
+        unlimited_dialogues(),
+        utf8_dialogues(),
+        decode_dialogues(),
+    ]
+    .concat()
+}
+
+#[test]
+fn the_suite_is_large_and_states_its_differences() {
+    let all = all_dialogues();
+    assert!(all.len() >= 100, "only {} dialogues", all.len());
+    let mut names: Vec<&str> = all.iter().map(|d| d.name.as_str()).collect();
+    names.sort_unstable();
+    names.dedup();
+    assert_eq!(names.len(), all.len(), "dialogue names must be unique");
+    // Every intended difference names its entry in docs/differences.md.
+    let docs = include_str!("../docs/differences.md");
+    for d in &all {
+        if d.steps
+            .iter()
+            .any(|s| matches!(s.expect, Expect::Differ(..)))
+        {
+            let number = d
+                .name
+                .strip_prefix("difference ")
+                .and_then(|rest| rest.split(':').next())
+                .unwrap_or_else(|| panic!("{:?} differs but names no difference", d.name));
+            assert!(
+                docs.contains(&format!("\n| {number} |")),
+                "{:?}: difference {number} is not in docs/differences.md",
+                d.name
+            );
+        }
+    }
+}
+
+/// A client written against CPython's smtpd (Python's smtplib, asserting the exact replies)
+/// passes unchanged against both servers.
+#[test]
+fn a_client_written_for_cpython_passes_against_ours() {
+    const CLIENT: &str = r#"
+import smtplib, sys
+s = smtplib.SMTP('127.0.0.1', int(sys.argv[1]), timeout=10)
+assert s.helo('example') == (250, b'mx.test.example')
+assert s.mail('eggs@example') == (250, b'OK')
+assert s.docmd('DATA') == (503, b'Error: need RCPT command')
+assert s.rcpt('spam@example') == (250, b'OK')
+assert s.data(b'data\r\nmore') == (250, b'OK')
+assert s.docmd('NOOP', 'hi') == (501, b'Syntax: NOOP')
+assert s.quit() == (221, b'Bye')
+"#;
+    let python = CPython::start(SINK);
+    let ours = Ours::start(SINK);
+    for (who, addr) in [("CPython", python.addr), ("ours", ours.addr)] {
+        let out = Command::new(std::env::var("SMTPD_PYTHON").unwrap_or_else(|_| "python3".into()))
+            .args(["-c", CLIENT, &addr.port().to_string()])
+            .output()
+            .expect("python3 runs (checked by CPython::start)");
+        assert!(
+            out.status.success(),
+            "the smtplib client failed against {who}:\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
+
+/// The peak resident memory of this test process, in bytes.
+fn peak_memory() -> usize {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<usize>().ok())
+        .map_or(0, |kb| kb * 1024)
+}
+
+/// Writes `total` bytes of `fill` without holding them in memory.
+fn stream(conn: &mut Conn, fill: u8, total: usize) {
+    let chunk = vec![fill; 64 << 10];
+    let mut left = total;
+    while left > 0 {
+        let n = left.min(chunk.len());
+        conn.stream.write_all(&chunk[..n]).expect("server reads");
+        left -= n;
+    }
+}
+
+/// An over-long line or an over-size message is discarded as it arrives, never buffered whole:
+/// 256 MB of either leave the peak memory of the process far below 256 MB, and the session
+/// answers and goes on.
+#[test]
+fn oversize_input_is_discarded_as_it_arrives() {
+    const HUGE: usize = 256 << 20;
+    let ours = Ours::start(SMALL);
+    let before = peak_memory();
+    let mut c = Conn::open(ours.addr);
+    assert!(c.reply(REPLY_TIMEOUT).starts_with("220 "));
+    c.write(&[b"NOOP ".to_vec()]);
+    stream(&mut c, b'x', HUGE);
+    c.write(&[b"\r\nNOOP\r\n".to_vec()]);
+    assert_eq!(c.reply(REPLY_TIMEOUT), "500 Error: line too long");
+    assert_eq!(c.reply(REPLY_TIMEOUT), "250 OK");
+    c.write(&[b"HELO x\r\nMAIL FROM:<a@b>\r\nRCPT TO:<c@d>\r\nDATA\r\n".to_vec()]);
+    for want in [
+        "250 mx.test.example",
+        "250 OK",
+        "250 OK",
+        "354 End data with <CR><LF>.<CR><LF>",
+    ] {
+        assert_eq!(c.reply(REPLY_TIMEOUT), want);
+    }
+    stream(&mut c, b'y', HUGE);
+    c.write(&[b"\r\n.\r\nNOOP\r\n".to_vec()]);
+    assert_eq!(c.reply(REPLY_TIMEOUT), "552 Error: Too much mail data");
+    assert_eq!(c.reply(REPLY_TIMEOUT), "250 OK");
+    let grown = peak_memory().saturating_sub(before);
+    assert!(grown < 100 << 20, "peak memory grew by {grown} bytes");
+}
+
+/// `BareLf::Normalize` accepts a bare LF as a line end inside the message, but never as the
+/// end of the message.
+#[test]
+fn bare_lf_normalize_policy() {
+    let ours = Ours::start_with(ECHO, |o| o.session.bare_lf = BareLf::Normalize);
+    let mut c = Conn::open(ours.addr);
+    c.reply(REPLY_TIMEOUT);
+    c.write(&[b"HELO x\r\nMAIL FROM:<a@b>\r\nRCPT TO:<c@d>\r\nDATA\r\n".to_vec()]);
+    for _ in 0..4 {
+        c.reply(REPLY_TIMEOUT);
+    }
+    c.write(&[b"a\nb\n.\nMAIL FROM:<evil@x>\r\n.\r\nNOOP\r\n".to_vec()]);
+    assert_eq!(
+        c.reply(REPLY_TIMEOUT),
+        r#"250 ["a@b", ["c@d"], [], [], "a\nb\n\nMAIL FROM:<evil@x>"]"#
+    );
+    assert_eq!(c.reply(REPLY_TIMEOUT), "250 OK");
 }
