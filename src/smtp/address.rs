@@ -15,8 +15,10 @@
 //! * non-ASCII characters, flagged in [`Path::non_ascii`] so the session
 //!   can require SMTPUTF8.
 //!
-//! Anything after the path must be separated by whitespace; it is returned
-//! stripped as [`Path::rest`] (the ESMTP parameters).
+//! What follows the path is returned stripped as [`Path::rest`] (the ESMTP
+//! parameters). After a bare address it must be separated by whitespace;
+//! after `>` it may follow directly, as CPython's `get_angle_addr` allows
+//! (`<a@b>SIZE=10` has the parameter `SIZE=10`).
 
 use super::command::py_strip;
 
@@ -199,7 +201,8 @@ fn requote(content: &str) -> String {
 pub(crate) fn parse_path(arg: &str, allow_null: bool) -> Result<Path<'_>, AddressError> {
     let arg = py_strip(arg);
     let mut cur = Cursor { text: arg, pos: 0 };
-    let address = if cur.eat('<') {
+    let bracketed = cur.eat('<');
+    let address = if bracketed {
         cur.skip_spaces();
         if cur.eat('>') {
             if !allow_null {
@@ -221,7 +224,7 @@ pub(crate) fn parse_path(arg: &str, allow_null: bool) -> Result<Path<'_>, Addres
         cur.mailbox()?
     };
     let rest = cur.rest();
-    if rest.chars().next().is_some_and(|c| !c.is_whitespace()) {
+    if !bracketed && rest.chars().next().is_some_and(|c| !c.is_whitespace()) {
         return Err(AddressError);
     }
     Ok(Path {
@@ -257,6 +260,9 @@ mod tests {
                 "X",
             ),
             ("<>", "<>", ""),
+            ("<a@b>x", "a@b", "x"),
+            ("<a@b>SIZE=10", "a@b", "SIZE=10"),
+            ("<a@b>>", "a@b", ">"),
             ("<> SIZE=1", "<>", "SIZE=1"),
             ("<@a,@b:x@y>", "x@y", ""),
             ("<@a:x@y>", "x@y", ""),
@@ -297,14 +303,12 @@ mod tests {
             "<a@@b>",
             "a@b@c",
             "<a@b",
-            "<a@b>x",
             "<a@b c>",
             "@a:b@c",
             "<a@b(c)>",
             "a@b,c@d",
             "<a@[]>",
             "<\"a>",
-            "<a@b>>",
         ] {
             assert!(parse_path(arg, true).is_err(), "{arg:?} should fail");
         }

@@ -144,12 +144,13 @@ fn sanitize_line(text: String) -> String {
 }
 
 /// Makes client-supplied text safe to echo in a reply: control characters
-/// (CR, LF, TAB, NUL, DEL, ...) become `?`, and so do non-ASCII characters
-/// unless `utf8` is set (the transaction asked for SMTPUTF8).
+/// other than TAB (CR, LF, NUL, DEL, ...) become `?`, and so do non-ASCII
+/// characters unless `utf8` is set (the transaction asked for SMTPUTF8).
+/// TAB stays, as CPython echoes it: RFC 5321's `textstring` allows it.
 pub(crate) fn echo(text: &str, utf8: bool) -> String {
     text.chars()
         .map(|c| {
-            if c.is_control() || (!utf8 && !c.is_ascii()) {
+            if (c.is_control() && c != '\t') || (!utf8 && !c.is_ascii()) {
                 '?'
             } else {
                 c
