@@ -146,7 +146,8 @@ mod tests {
         );
         // An empty first line: inserted first.
         assert_eq!(insert_x_peer(b"\r\nbody", "h"), b"X-Peer: h\r\n\r\nbody");
-        assert_eq!(insert_x_peer(b"", "h"), b"X-Peer: h");
+        // An empty message is one empty line: the header goes before it, as in CPython.
+        assert_eq!(insert_x_peer(b"", "h"), b"X-Peer: h\r\n");
     }
 
     #[test]
