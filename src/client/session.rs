@@ -571,6 +571,7 @@ mod tests {
                     Output::Reply(r) => r.write_to(&mut to_client),
                     Output::Message(m) => messages.push(m),
                     Output::Close => {}
+                    other => panic!("unexpected {other:?}"),
                 }
             }
             if !messages.is_empty() && server.is_waiting() {

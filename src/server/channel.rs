@@ -9,16 +9,24 @@ use std::rc::Rc;
 use std::sync::Arc;
 
 use super::listener::{ChannelShutdown, ListenerShared};
-use super::{local_error, Completion, Outcome, ServerCtx, SmtpServer};
+use super::{local_error, AddressRequest, Completion, Outcome, ServerCtx, SmtpServer};
 use crate::chat::{ChatCtl, ChatHandler, Terminator};
 use crate::reactor::{Ctx, TimerId};
-use crate::smtp::{Config, Framing, Message, Output, Reply, Session};
+use crate::smtp::{AddressCheck, Config, Framing, Message, Output, Reply, Session};
 
-/// A message handed to the server and not answered yet.
+/// What a deferred answer is for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Kind {
+    Message,
+    Check,
+}
+
+/// A decision handed to the server and not answered yet.
 struct Pending {
     ticket: u64,
     timer: TimerId,
     summary: String,
+    kind: Kind,
 }
 
 /// The protocol half of one SMTP connection (Python's `SMTPChannel`).
@@ -39,6 +47,10 @@ pub(crate) struct SmtpChannel {
     idle: Option<TimerId>,
     shutdown: Option<TimerId>,
     shutting_down: bool,
+    /// A transaction (MAIL accepted, or being decided) is open.
+    in_transaction: bool,
+    /// The open transaction's message reached the server.
+    delivered: bool,
 }
 
 impl SmtpChannel {
@@ -62,6 +74,8 @@ impl SmtpChannel {
             idle: None,
             shutdown: None,
             shutting_down: false,
+            in_transaction: false,
+            delivered: false,
         }
     }
 
@@ -90,10 +104,42 @@ impl SmtpChannel {
                     Output::Reply(reply) => self.push_reply(chat, &reply),
                     Output::Message(message) => self.deliver(message, chat, ctx),
                     Output::Close => chat.close_when_done(),
+                    Output::CheckMail(check) => self.check(true, check, chat, ctx),
+                    Output::CheckRcpt(check) => self.check(false, check, chat, ctx),
                 }
             }
         }
         self.sync_framing(chat);
+        self.track_transaction(ctx);
+    }
+
+    /// Tells the server when a transaction ends without its message reaching it.
+    fn track_transaction(&mut self, ctx: &mut Ctx<'_>) {
+        let open = self.session.envelope().is_some()
+            || self.session.is_waiting()
+            || self.pending.is_some();
+        if self.in_transaction && !open && !self.delivered {
+            self.notify_server(ctx, |server, cx| server.on_reset(cx));
+        }
+        if !open {
+            self.delivered = false;
+        }
+        self.in_transaction = open;
+    }
+
+    fn notify_server(
+        &mut self,
+        ctx: &mut Ctx<'_>,
+        call: impl FnOnce(&mut dyn SmtpServer, &mut ServerCtx<'_, '_>),
+    ) {
+        let server = self.server.clone();
+        let mut scx = ServerCtx::new(ctx);
+        let result = catch_unwind(AssertUnwindSafe(|| {
+            call(&mut *server.borrow_mut(), &mut scx)
+        }));
+        if result.is_err() {
+            log::error!("{}: the server panicked in a notification hook", self.peer);
+        }
     }
 
     /// Points the chat's terminator at what the session expects next.
@@ -122,15 +168,73 @@ impl SmtpChannel {
             message.data.len()
         );
         let server = self.server.clone();
+        self.delivered = true;
+        self.decide(Kind::Message, summary, chat, ctx, |cx| {
+            server.borrow_mut().process_message(&message, cx)
+        });
+    }
+
+    fn check(&mut self, mail: bool, check: AddressCheck, chat: &mut ChatCtl, ctx: &mut Ctx<'_>) {
+        let (verb, empty) = (if mail { "MAIL" } else { "RCPT" }, Vec::new());
+        let summary = format!("{} {verb} <{}>", self.peer, check.address);
+        let server = self.server.clone();
+        let envelope = self.session.envelope();
+        let request = AddressRequest {
+            peer: self.peer,
+            helo: self.session.helo(),
+            mail_from: envelope.map_or(check.address.as_str(), |e| e.mail_from.as_str()),
+            address: &check.address,
+            options: &check.options,
+            mail_options: envelope.map_or(&check.options, |e| &e.mail_options),
+            rcpt_tos: envelope.map_or(&empty, |e| &e.rcpt_tos),
+        };
+        let outcome = Self::call_server(&summary, ctx, |cx| {
+            let mut server = server.borrow_mut();
+            if mail {
+                server.on_mail(&request, cx)
+            } else {
+                server.on_rcpt(&request, cx)
+            }
+        });
+        self.settle_outcome(Kind::Check, summary, outcome, chat, ctx);
+    }
+
+    /// Calls into the server under `catch_unwind`; a panic becomes `451`.
+    fn call_server(
+        summary: &str,
+        ctx: &mut Ctx<'_>,
+        call: impl FnOnce(&mut ServerCtx<'_, '_>) -> Outcome,
+    ) -> (Outcome, Option<u64>) {
         let mut scx = ServerCtx::new(ctx);
-        let result = catch_unwind(AssertUnwindSafe(|| {
-            server.borrow_mut().process_message(&message, &mut scx)
-        }));
+        let result = catch_unwind(AssertUnwindSafe(|| call(&mut scx)));
         let issued = scx.issued();
         let outcome = result.unwrap_or_else(|_| {
-            log::error!("{summary}: process_message panicked; answering 451");
+            log::error!("{summary}: the server panicked; answering 451");
             Outcome::Reply(local_error())
         });
+        (outcome, issued)
+    }
+
+    fn decide(
+        &mut self,
+        kind: Kind,
+        summary: String,
+        chat: &mut ChatCtl,
+        ctx: &mut Ctx<'_>,
+        call: impl FnOnce(&mut ServerCtx<'_, '_>) -> Outcome,
+    ) {
+        let outcome = Self::call_server(&summary, ctx, call);
+        self.settle_outcome(kind, summary, outcome, chat, ctx);
+    }
+
+    fn settle_outcome(
+        &mut self,
+        kind: Kind,
+        summary: String,
+        (outcome, issued): (Outcome, Option<u64>),
+        chat: &mut ChatCtl,
+        ctx: &mut Ctx<'_>,
+    ) {
         match (outcome, issued) {
             (Outcome::Deferred, Some(ticket)) => {
                 chat.pause();
@@ -142,24 +246,33 @@ impl SmtpChannel {
                     ticket,
                     timer,
                     summary,
+                    kind,
                 });
             }
             (Outcome::Deferred, None) => {
                 log::error!("{summary}: Outcome::Deferred without ServerCtx::defer; answering 451");
-                self.finish(local_error(), &summary);
+                self.finish(kind, local_error(), &summary);
             }
-            (Outcome::Accept, _) => self.finish(Reply::ok(), &summary),
-            (Outcome::Reply(reply), _) => self.finish(reply, &summary),
+            (Outcome::Accept, _) => self.finish(kind, Reply::ok(), &summary),
+            (Outcome::Reply(reply), _) => self.finish(kind, reply, &summary),
         }
     }
 
-    /// Gives the session the verdict on its message.
-    fn finish(&mut self, reply: Reply, summary: &str) {
-        log::info!("{summary} -> {}", reply.code);
-        self.session.message_done(reply, &mut self.outputs);
-        if self.shutting_down {
-            self.outputs.push(Output::Reply(self.closing_reply()));
-            self.outputs.push(Output::Close);
+    /// Gives the session the verdict it waits for.
+    fn finish(&mut self, kind: Kind, reply: Reply, summary: &str) {
+        match kind {
+            Kind::Message => {
+                log::info!("{summary} -> {}", reply.code);
+                self.session.message_done(reply, &mut self.outputs);
+                if self.shutting_down {
+                    self.outputs.push(Output::Reply(self.closing_reply()));
+                    self.outputs.push(Output::Close);
+                }
+            }
+            Kind::Check => {
+                log::debug!("{summary} -> {}", reply.code);
+                self.session.check_done(reply, &mut self.outputs);
+            }
         }
     }
 
@@ -175,7 +288,7 @@ impl SmtpChannel {
             );
             local_error()
         });
-        self.finish(reply, &pending.summary);
+        self.finish(pending.kind, reply, &pending.summary);
         self.resume(chat, ctx);
     }
 
@@ -301,7 +414,7 @@ impl ChatHandler for SmtpChannel {
                 "{}: no answer within the deferral deadline; answering 451",
                 pending.summary
             );
-            self.finish(local_error(), &pending.summary);
+            self.finish(pending.kind, local_error(), &pending.summary);
             self.resume(chat, ctx);
         } else if self.shutdown == Some(timer) {
             self.shutdown = None;

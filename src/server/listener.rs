@@ -86,8 +86,15 @@ impl Listener {
             .validate()
             .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e.to_string()))?;
         let local_addr = listener.local_addr()?;
+        // The server's on_mail/on_rcpt hooks decide every MAIL and RCPT (the defaults accept,
+        // as CPython does).
+        let config = Config {
+            check_mail: true,
+            check_rcpt: true,
+            ..options.session.clone()
+        };
         let shared = Rc::new(ListenerShared {
-            config: Arc::new(options.session.clone()),
+            config: Arc::new(config),
             options,
             channels: RefCell::new(HashSet::new()),
         });

@@ -106,6 +106,48 @@ pub trait SmtpServer: 'static {
     ///
     /// A panic here is caught: the client gets `451` and the server goes on.
     fn process_message(&mut self, message: &Message, cx: &mut ServerCtx<'_, '_>) -> Outcome;
+
+    /// A syntactically valid `MAIL FROM`. The default accepts it with `250 OK`, CPython's
+    /// behaviour. Return a reply to refuse it, or defer (as for messages) to decide later —
+    /// a relay asks its upstream here.
+    fn on_mail(&mut self, _request: &AddressRequest<'_>, _cx: &mut ServerCtx<'_, '_>) -> Outcome {
+        Outcome::Accept
+    }
+
+    /// A syntactically valid `RCPT TO`. The default accepts it with `250 OK`. Refusing
+    /// unknown recipients here, rather than after the data, is what most servers want.
+    fn on_rcpt(&mut self, _request: &AddressRequest<'_>, _cx: &mut ServerCtx<'_, '_>) -> Outcome {
+        Outcome::Accept
+    }
+
+    /// The transaction of this connection ([`ServerCtx::channel`]) ended without a message
+    /// reaching [`process_message`](Self::process_message): RSET, a new HELO/EHLO, QUIT, a
+    /// refused or oversize message, or the client going away.
+    fn on_reset(&mut self, _cx: &mut ServerCtx<'_, '_>) {}
+
+    /// The connection ([`ServerCtx::channel`]) closed.
+    fn on_disconnect(&mut self, _cx: &mut ServerCtx<'_, '_>) {}
+}
+
+/// A `MAIL FROM` or `RCPT TO` for [`SmtpServer::on_mail`] / [`SmtpServer::on_rcpt`].
+#[derive(Debug)]
+#[non_exhaustive]
+pub struct AddressRequest<'a> {
+    /// The client's address.
+    pub peer: std::net::SocketAddr,
+    /// The HELO/EHLO argument.
+    pub helo: Option<&'a str>,
+    /// The sender: the address itself for MAIL, the transaction's sender for RCPT
+    /// (`"<>"` for the null reverse-path).
+    pub mail_from: &'a str,
+    /// The address of this command (for MAIL, the same as `mail_from`).
+    pub address: &'a str,
+    /// The command's parameters, upper-cased (`["SIZE=1000", "BODY=8BITMIME"]`).
+    pub options: &'a [String],
+    /// The MAIL parameters of the transaction (for MAIL, the same as `options`).
+    pub mail_options: &'a [String],
+    /// Recipients accepted so far in this transaction.
+    pub rcpt_tos: &'a [String],
 }
 
 /// What a server hook may use besides the message: the reactor context (timers, spawning a

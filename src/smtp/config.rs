@@ -52,6 +52,12 @@ pub struct Config {
     pub max_recipients: usize,
     /// Policy for lone LF bytes in the message body.
     pub bare_lf: BareLf,
+    /// Ask the caller to decide each syntactically valid MAIL FROM
+    /// ([`Output::CheckMail`](super::Output::CheckMail)) instead of accepting it at once.
+    pub check_mail: bool,
+    /// Ask the caller to decide each syntactically valid RCPT TO
+    /// ([`Output::CheckRcpt`](super::Output::CheckRcpt)) instead of accepting it at once.
+    pub check_rcpt: bool,
 }
 
 impl Default for Config {
@@ -65,6 +71,8 @@ impl Default for Config {
             lf_newlines: false,
             max_recipients: 0,
             bare_lf: BareLf::Reject,
+            check_mail: false,
+            check_rcpt: false,
         }
     }
 }

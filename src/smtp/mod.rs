@@ -56,4 +56,4 @@ pub use config::{
     SMTPUTF8_EXTENSION_BYTES,
 };
 pub use reply::Reply;
-pub use session::{Envelope, Framing, Message, Output, Session};
+pub use session::{AddressCheck, Envelope, Framing, Message, Output, Session};

@@ -33,6 +33,30 @@ pub enum Output {
     Message(Message),
     /// Close the connection once everything before it has been sent.
     Close,
+    /// Decide this MAIL FROM (only with [`Config::check_mail`]), then call
+    /// [`Session::check_done`]. Nothing may be fed until then.
+    CheckMail(AddressCheck),
+    /// Decide this RCPT TO (only with [`Config::check_rcpt`]), then call
+    /// [`Session::check_done`]. Nothing may be fed until then.
+    CheckRcpt(AddressCheck),
+}
+
+/// A MAIL FROM or RCPT TO that passed the syntax checks and waits for a decision.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AddressCheck {
+    /// The address without angle brackets (`"<>"` for the null reverse-path).
+    pub address: String,
+    /// The command's parameters, upper-cased as in [`Message::mail_options`].
+    pub options: Vec<String>,
+}
+
+/// A decision the session is waiting for.
+#[derive(Debug)]
+enum Pending {
+    /// The envelope MAIL would start.
+    Mail(Envelope),
+    /// A recipient and its parameters.
+    Rcpt(String, Vec<String>),
 }
 
 /// A received message, as CPython hands it to `process_message`.
@@ -101,6 +125,8 @@ pub struct Session {
     /// The length limit of a MAIL line (grows with EHLO extensions).
     mail_limit: usize,
     state: State,
+    /// A MAIL or RCPT waiting for [`Session::check_done`].
+    pending: Option<Pending>,
 }
 
 impl fmt::Debug for Session {
@@ -131,6 +157,7 @@ impl Session {
             esmtp: false,
             mail_limit: COMMAND_SIZE_LIMIT,
             state: State::Command { envelope: None },
+            pending: None,
         }
     }
 
@@ -164,7 +191,7 @@ impl Session {
 
     /// Whether a message was handed out and [`Session::message_done`] is due.
     pub fn is_waiting(&self) -> bool {
-        matches!(self.state, State::Waiting)
+        matches!(self.state, State::Waiting) || self.pending.is_some()
     }
 
     /// Whether QUIT was received.
@@ -224,6 +251,10 @@ impl Session {
     /// `500 Error: bad syntax`. Ignored after QUIT; a caller bug in the
     /// other non-command states.
     pub fn feed_line(&mut self, line: &[u8], out: &mut Vec<Output>) {
+        if self.pending.is_some() {
+            debug_assert!(false, "feed_line while a check is pending");
+            return;
+        }
         match self.state {
             State::Command { .. } => {}
             State::Closed => return,
@@ -368,14 +399,23 @@ impl Session {
             return push(out, replies::NON_ASCII_ADDRESS);
         }
         log::trace!("smtp {} sender {:?}", self.peer, address);
+        let envelope = Envelope {
+            mail_from: address,
+            mail_options: options,
+            rcpt_tos: Vec::new(),
+            rcpt_options: Vec::new(),
+            smtputf8,
+        };
+        if self.config.check_mail {
+            out.push(Output::CheckMail(AddressCheck {
+                address: envelope.mail_from.clone(),
+                options: envelope.mail_options.clone(),
+            }));
+            self.pending = Some(Pending::Mail(envelope));
+            return;
+        }
         self.state = State::Command {
-            envelope: Some(Envelope {
-                mail_from: address,
-                mail_options: options,
-                rcpt_tos: Vec::new(),
-                rcpt_options: Vec::new(),
-                smtputf8,
-            }),
+            envelope: Some(envelope),
         };
         push(out, replies::OK);
     }
@@ -418,9 +458,47 @@ impl Session {
         if max != 0 && envelope.rcpt_tos.len() >= max {
             return push(out, replies::TOO_MANY_RECIPIENTS);
         }
+        if self.config.check_rcpt {
+            out.push(Output::CheckRcpt(AddressCheck {
+                address: address.clone(),
+                options: options.clone(),
+            }));
+            self.pending = Some(Pending::Rcpt(address, options));
+            return;
+        }
         envelope.rcpt_tos.push(address);
         envelope.rcpt_options = options;
         push(out, replies::OK);
+    }
+
+    /// Gives the decision on the last [`Output::CheckMail`] or [`Output::CheckRcpt`]: a `2xx`
+    /// reply accepts the sender (starting the transaction) or the recipient (adding it to the
+    /// envelope); any other reply refuses it and leaves the transaction as it was. The reply
+    /// is pushed as given. Ignored (a caller bug) when no check is pending.
+    pub fn check_done(&mut self, reply: Reply, out: &mut Vec<Output>) {
+        let Some(pending) = self.pending.take() else {
+            debug_assert!(false, "check_done without a pending check");
+            return;
+        };
+        if (200..300).contains(&reply.code) {
+            match pending {
+                Pending::Mail(envelope) => {
+                    self.state = State::Command {
+                        envelope: Some(envelope),
+                    };
+                }
+                Pending::Rcpt(address, options) => {
+                    if let State::Command {
+                        envelope: Some(envelope),
+                    } = &mut self.state
+                    {
+                        envelope.rcpt_tos.push(address);
+                        envelope.rcpt_options = options;
+                    }
+                }
+            }
+        }
+        out.push(Output::Reply(reply));
     }
 
     fn data(&mut self, arg: &str, out: &mut Vec<Output>) {
