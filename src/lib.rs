@@ -84,3 +84,4 @@ pub mod reactor;
 pub mod server;
 pub mod servers;
 pub mod smtp;
+pub mod testing;
