@@ -18,12 +18,12 @@ use std::collections::BTreeMap;
 use std::io::{self, BufRead, BufReader, Write};
 use std::net::{SocketAddr, TcpStream as StdTcpStream};
 use std::rc::Rc;
-use std::thread;
 use std::time::{Duration, Instant};
 
 use mio::net::{TcpListener, TcpStream};
 use smtpd::chat::{ChatCtl, ChatDispatcher, ChatHandler, Terminator};
 use smtpd::reactor::{Acceptor, AcceptorOptions, Ctx, Handle, Reactor};
+use smtpd::testing::ClientThread;
 
 /// Longest line kept; the rest of a longer line is dropped (every buffer has a bound).
 const MAX_LINE: usize = 1024;
@@ -166,7 +166,16 @@ impl Person {
 pub fn demo(limit: Duration) -> io::Result<(Vec<String>, Vec<String>)> {
     let mut reactor = Reactor::new()?;
     let addr = serve(&mut reactor, "127.0.0.1:0".parse().unwrap())?;
-    let people = thread::spawn(move || -> io::Result<(Vec<String>, Vec<String>)> {
+    // On its own thread; it wakes the reactor when it is done (a thread's end is no event).
+    let people = ClientThread::spawn(&reactor, move || script(addr));
+    let deadline = Instant::now() + limit;
+    reactor.run_until(deadline, |_| people.is_done())?;
+    people.join()
+}
+
+/// Alice and Bob meet, rename themselves, talk, and Bob leaves.
+fn script(addr: SocketAddr) -> io::Result<(Vec<String>, Vec<String>)> {
+    {
         let mut alice = Person::join("alice", addr)?;
         let mut bob = Person::join("bob", addr)?;
         alice.hear()?; // * guest2 joined
@@ -184,10 +193,7 @@ pub fn demo(limit: Duration) -> io::Result<(Vec<String>, Vec<String>)> {
         bob.hear()?; // * bye
         alice.hear()?; // * bob left
         Ok((alice.heard, bob.heard))
-    });
-    let deadline = Instant::now() + limit;
-    reactor.run_until(deadline, |_| people.is_finished())?;
-    people.join().expect("demo clients panicked")
+    }
 }
 
 fn main() -> io::Result<()> {

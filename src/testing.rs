@@ -329,6 +329,71 @@ impl Drop for TestServer {
     }
 }
 
+/// A client (or any other work) on its own thread, for a test or demo that drives the reactor
+/// on the current thread: when the work returns, the thread wakes the reactor, so a loop such as
+/// `reactor.run_until(deadline, |_| client.is_done())` notices at once — a thread ending is no
+/// event the reactor could see by itself.
+///
+/// The wake-up is a [`StopHandle::stop`]: a later [`Reactor::run`] on the same reactor returns
+/// after one tick unless it is woken for another reason first.
+///
+/// ```
+/// use std::time::{Duration, Instant};
+/// use smtpd::reactor::Reactor;
+/// use smtpd::testing::ClientThread;
+///
+/// let mut reactor = Reactor::new()?;
+/// let work = ClientThread::spawn(&reactor, || 6 * 7);
+/// reactor.run_until(Instant::now() + Duration::from_secs(5), |_| work.is_done())?;
+/// assert_eq!(work.join(), 42);
+/// # Ok::<(), std::io::Error>(())
+/// ```
+#[derive(Debug)]
+pub struct ClientThread<T> {
+    done: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: thread::JoinHandle<T>,
+}
+
+impl<T: Send + 'static> ClientThread<T> {
+    /// Runs `work` on a new thread; when it returns (or panics) the reactor is woken.
+    pub fn spawn<F>(reactor: &Reactor, work: F) -> ClientThread<T>
+    where
+        F: FnOnce() -> T + Send + 'static,
+    {
+        /// Sets the flag and wakes the reactor also when `work` panics.
+        struct Finish(std::sync::Arc<std::sync::atomic::AtomicBool>, StopHandle);
+        impl Drop for Finish {
+            fn drop(&mut self) {
+                self.0.store(true, std::sync::atomic::Ordering::SeqCst);
+                self.1.stop();
+            }
+        }
+        let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let finish = Finish(done.clone(), reactor.stop_handle());
+        let thread = thread::spawn(move || {
+            let _finish = finish;
+            work()
+        });
+        ClientThread { done, thread }
+    }
+
+    /// Whether the work has returned.
+    pub fn is_done(&self) -> bool {
+        self.done.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// Waits for the work and returns its result.
+    ///
+    /// # Panics
+    /// If the work panicked.
+    pub fn join(self) -> T {
+        match self.thread.join() {
+            Ok(value) => value,
+            Err(panic) => std::panic::resume_unwind(panic),
+        }
+    }
+}
+
 /// One line of a [`Client`]'s dialogue, without its CRLF.
 #[derive(Clone, Debug, PartialEq, Eq)]
 #[non_exhaustive]
