@@ -16,6 +16,11 @@
 //! | [`server`] | `smtpd.SMTPServer` | the [`SmtpServer`](server::SmtpServer) trait, [`Listener`](server::Listener), deferred replies | listener only |
 //! | [`servers`] | `DebuggingServer`, ... | built-in servers, written against the public API | no |
 //! | [`cli`] | `python -m smtpd` | the command line, reusable with your own server classes | no |
+//! | [`testing`] | — | a loopback test server and a recording client, for your own test suites | yes |
+//!
+//! The `examples/` directory shows the three ways to drive the loop (`run_in_thread`,
+//! `drive_manually`, `nested_epoll`), the asynchat layer on its own (`chat_room`,
+//! `echo_line_protocol`), and ports of Python code; `docs/porting.md` maps every Python name.
 //!
 //! ## One message, end to end
 //!
@@ -85,3 +90,4 @@ pub mod reactor;
 pub mod server;
 pub mod servers;
 pub mod smtp;
+pub mod testing;

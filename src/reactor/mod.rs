@@ -28,6 +28,7 @@
 
 mod context;
 mod dispatcher;
+mod file;
 mod listener;
 mod remote;
 mod timer;
@@ -35,6 +36,7 @@ mod token;
 
 pub use context::Ctx;
 pub use dispatcher::Dispatcher;
+pub use file::{listen_fds, Duplex, FileStream};
 pub use listener::{Acceptor, AcceptorOptions};
 pub use remote::{RemoteHandle, StopHandle};
 pub use timer::TimerId;
