@@ -124,10 +124,10 @@ fn echo_line_protocol_matches_its_python_original() {
         .stderr(Stdio::null())
         .status()
         .is_ok_and(|s| s.success());
-    if !has_asynchat {
-        eprintln!("skipped: python3 without asynchat");
-        return;
-    }
+    assert!(
+        has_asynchat,
+        "python3 with asynchat (CPython <= 3.11) is required for this comparison"
+    );
     let script = concat!(
         env!("CARGO_MANIFEST_DIR"),
         "/examples/python/echo_line_protocol.py"
@@ -159,19 +159,16 @@ fn adopt_listener_serves_a_std_listener() {
 /// LISTEN_FDS/LISTEN_PID, and the example serves it. Skipped where the tool is missing.
 #[test]
 fn adopt_listener_under_systemd_socket_activation() {
-    let Some(binary) = example_binary("adopt_listener") else {
-        return;
-    };
-    if Command::new("systemd-socket-activate")
-        .arg("--help")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_err()
-    {
-        eprintln!("skipped: no systemd-socket-activate");
-        return;
-    }
+    let binary = example_binary("adopt_listener");
+    assert!(
+        Command::new("systemd-socket-activate")
+            .arg("--help")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok(),
+        "systemd-socket-activate (Debian package systemd) is required; .ci/run installs it"
+    );
     // A free port (the small race with other processes is harmless on loopback in CI).
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
@@ -232,9 +229,7 @@ fn example_binaries_run_to_completion() {
         ),
     ];
     for (name, expected) in expectations {
-        let Some(binary) = example_binary(name) else {
-            continue;
-        };
+        let binary = example_binary(name);
         let mut child = Command::new(&binary)
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -274,19 +269,22 @@ fn example_binaries_run_to_completion() {
     }
 }
 
-/// `target/<profile>/examples/<name>`, next to this test's own `deps` directory.
-fn example_binary(name: &str) -> Option<PathBuf> {
-    let exe = std::env::current_exe().ok()?;
-    let path = exe.parent()?.parent()?.join("examples").join(name);
-    if path.exists() {
-        Some(path)
-    } else {
-        eprintln!(
-            "skipped: {} not built (run the whole `cargo test`)",
-            path.display()
-        );
-        None
-    }
+/// `target/<profile>/examples/<name>`, next to this test's own `deps` directory. A plain
+/// `cargo test` builds every example first; a test run that did not fails here, loudly.
+fn example_binary(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("test executable path");
+    let path = exe
+        .parent()
+        .and_then(|deps| deps.parent())
+        .expect("target/<profile>/deps")
+        .join("examples")
+        .join(name);
+    assert!(
+        path.exists(),
+        "{} is not built: run the whole `cargo test` (it builds the examples)",
+        path.display()
+    );
+    path
 }
 
 /// A child process whose stdout lines arrive on a channel (read by a helper thread, so a read
