@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use smtpd::client::RelayOptions;
 use smtpd::reactor::{Reactor, StopHandle};
 use smtpd::server::{Listener, ServerOptions};
-use smtpd::servers::{ProxyOptions, PureProxy, Refusal};
+use smtpd::servers::{ProxyOptions, PureProxy, Refusal, RelayMode};
 
 /// A message the scripted upstream accepted.
 #[derive(Clone, Debug)]
@@ -201,12 +201,25 @@ struct Proxy {
 
 impl Proxy {
     fn start(upstream: SocketAddr, relay: RelayOptions) -> Proxy {
+        Proxy::start_mode(upstream, relay, RelayMode::AfterData)
+    }
+
+    fn live(upstream: SocketAddr, relay: RelayOptions) -> Proxy {
+        Proxy::start_mode(upstream, relay, RelayMode::Live)
+    }
+
+    fn start_mode(upstream: SocketAddr, relay: RelayOptions, mode: RelayMode) -> Proxy {
+        let mut options = ProxyOptions::default();
+        options.relay = relay;
+        options.mode = mode;
+        Proxy::with_options(upstream, options)
+    }
+
+    fn with_options(upstream: SocketAddr, mut options: ProxyOptions) -> Proxy {
         let (tx, rx) = mpsc::channel();
         let (rtx, refusals) = mpsc::channel();
         let thread = thread::spawn(move || {
             let mut reactor = Reactor::new().unwrap();
-            let mut options = ProxyOptions::default();
-            options.relay = relay;
             options.hostname = "proxy.example".into();
             let mut proxy = PureProxy::new(upstream, options);
             proxy.on_refusal(move |r| {
@@ -454,15 +467,21 @@ fn an_upstream_dropping_the_connection_mid_data_gives_451() {
 
 #[test]
 fn chaos_no_250_without_delivery_while_the_upstream_restarts() {
+    chaos(RelayMode::AfterData);
+}
+
+fn chaos(mode: RelayMode) {
     let first = Upstream::start();
     let addr = first.addr;
-    let proxy = Proxy::start(addr, fast());
+    let proxy = Proxy::start_mode(addr, fast(), mode);
     let upstream: Arc<Mutex<Option<Upstream>>> = Arc::new(Mutex::new(Some(first)));
     let delivered: Arc<Mutex<Vec<Delivered>>> = Default::default();
     let running = Arc::new(AtomicBool::new(true));
+    let restarts_seen = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     // Restart the upstream every 150 ms, keeping what each incarnation received.
     let flipper = {
         let (upstream, delivered, running) = (upstream.clone(), delivered.clone(), running.clone());
+        let restarts_seen = restarts_seen.clone();
         thread::spawn(move || {
             let mut restarts = 0;
             while running.load(Ordering::SeqCst) {
@@ -481,6 +500,7 @@ fn chaos_no_250_without_delivery_while_the_upstream_restarts() {
                     thread::sleep(Duration::from_millis(20));
                 }
                 restarts += 1;
+                restarts_seen.store(restarts, Ordering::SeqCst);
             }
             restarts
         })
@@ -488,11 +508,18 @@ fn chaos_no_250_without_delivery_while_the_upstream_restarts() {
     let clients: Vec<_> = (0..4)
         .map(|k| {
             let addr = proxy.addr;
+            let restarts_seen = restarts_seen.clone();
             thread::spawn(move || {
                 let mut accepted = Vec::new();
                 let mut refused = 0;
                 let mut c = Client::connect(addr);
-                for i in 0..250 {
+                // At least 250 messages each, and on until the upstream restarted 4 times.
+                let deadline = Instant::now() + Duration::from_secs(30);
+                let mut i = 0;
+                while i < 250
+                    || (restarts_seen.load(Ordering::SeqCst) < 4 && Instant::now() < deadline)
+                {
+                    i += 1;
                     let id = format!("k{k}m{i}");
                     let r = c.send(
                         "a@example.com",
@@ -505,6 +532,8 @@ fn chaos_no_250_without_delivery_while_the_upstream_restarts() {
                         assert!(r.starts_with('4') || r.starts_with('5'), "{r}");
                         refused += 1;
                     }
+                    // Pace the load a little so it spans the restarts.
+                    thread::sleep(Duration::from_micros(200));
                 }
                 (accepted, refused)
             })
@@ -535,7 +564,7 @@ fn chaos_no_250_without_delivery_while_the_upstream_restarts() {
         restarts >= 3,
         "the upstream restarted only {restarts} times"
     );
-    assert_eq!(accepted.len() + refused, 1000);
+    assert!(accepted.len() + refused >= 1000);
     assert!(refused > 0, "the restarts never hit a transaction");
     assert!(
         lost.is_empty(),
@@ -543,4 +572,143 @@ fn chaos_no_250_without_delivery_while_the_upstream_restarts() {
         lost.len(),
         &lost[..lost.len().min(5)]
     );
+}
+
+// ---- live mode: the client hears the upstream's own verdict at each step ----------------
+
+#[test]
+fn live_each_recipient_gets_the_upstreams_own_reply() {
+    let upstream = Upstream::start();
+    let proxy = Proxy::live(upstream.addr, fast());
+    let mut c = Client::connect(proxy.addr);
+    assert_eq!(
+        c.cmd("MAIL FROM:<a@example.com> BODY=8BITMIME"),
+        "250 sender ok"
+    );
+    assert_eq!(c.cmd("RCPT TO:<ok@example.com>"), "250 recipient ok");
+    assert_eq!(
+        c.cmd("RCPT TO:<r550@example.com>"),
+        "550 5.1.1 no such user"
+    );
+    assert_eq!(
+        c.cmd("RCPT TO:<r450@example.com>"),
+        "450 4.2.1 mailbox busy"
+    );
+    assert!(c.cmd("DATA").starts_with("354"));
+    c.w.write_all("Subject: x\r\n\r\n\u{fc}ber\r\n..dot\r\n.\r\n".as_bytes())
+        .unwrap();
+    assert_eq!(c.reply(), "250 queued");
+    let got = upstream.delivered();
+    assert_eq!(got.len(), 1);
+    assert_eq!(got[0].rcpts, ["ok@example.com"]);
+    let data = String::from_utf8(got[0].data.clone()).unwrap();
+    assert!(
+        data.ends_with("Subject: x\r\nX-Peer: 127.0.0.1\r\n\r\n\u{fc}ber\r\n.dot"),
+        "{data}"
+    );
+    assert!(data.contains("for <ok@example.com>"), "{data}");
+    // The same upstream session carries the next transaction.
+    assert_eq!(
+        c.send("a2@example.com", &["ok2@example.com"], b"second"),
+        "250 queued"
+    );
+    assert_eq!(upstream.delivered().len(), 2);
+    // RSET and a new transaction; QUIT ends both sessions.
+    assert_eq!(c.cmd("MAIL FROM:<a3@example.com>"), "250 sender ok");
+    assert_eq!(c.cmd("RSET"), "250 OK");
+    assert_eq!(
+        c.send("a4@example.com", &["ok4@example.com"], b"after rset"),
+        "250 queued"
+    );
+    assert_eq!(c.cmd("QUIT"), "221 Bye");
+    assert_eq!(upstream.delivered().len(), 3);
+}
+
+#[test]
+fn live_upstream_down_or_stalled_gives_451_at_mail() {
+    let closed = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let proxy = Proxy::live(closed, fast());
+    let mut c = Client::connect(proxy.addr);
+    let r = c.cmd("MAIL FROM:<a@example.com>");
+    assert!(r.starts_with("451 ") && r.contains("connect"), "{r}");
+    // A later attempt tries again (and fails again, cleanly).
+    let r = c.cmd("MAIL FROM:<a@example.com>");
+    assert!(r.starts_with("451 "), "{r}");
+
+    let upstream = Upstream::start();
+    let proxy = Proxy::live(upstream.addr, fast());
+    let mut stalled = Client::connect(proxy.addr);
+    stalled
+        .w
+        .write_all(b"MAIL FROM:<stall@example.com>\r\n")
+        .unwrap();
+    let start = Instant::now();
+    let mut other = Client::connect(proxy.addr);
+    assert_eq!(
+        other.send("a@example.com", &["b@example.com"], b"fine"),
+        "250 queued"
+    );
+    assert!(
+        start.elapsed() < Duration::from_millis(300),
+        "the other client waited"
+    );
+    let r = stalled.reply();
+    assert!(r.starts_with("451 ") && r.contains("timed out"), "{r}");
+    // The dead upstream session answers the rest of the transaction with 451 too.
+    let r = stalled.cmd("RCPT TO:<b@example.com>");
+    assert!(r.starts_with("503") || r.starts_with("451"), "{r}");
+}
+
+#[test]
+fn live_upstream_dropping_mid_data_gives_451_and_nothing_is_delivered() {
+    let upstream = Upstream::start();
+    let proxy = Proxy::live(upstream.addr, fast());
+    let mut c = Client::connect(proxy.addr);
+    let r = c.send(
+        "dropdata@example.com",
+        &["b@example.com"],
+        b"line 1\r\nline 2",
+    );
+    assert!(r.starts_with("451 "), "{r}");
+    assert!(upstream.delivered().is_empty());
+    // A new transaction opens a new upstream session.
+    assert_eq!(
+        c.send("a@example.com", &["b@example.com"], b"again"),
+        "250 queued"
+    );
+}
+
+#[test]
+fn relaying_is_refused_for_untrusted_clients_at_rcpt() {
+    let upstream = Upstream::start();
+    for (mode, trusted, expect_ok) in [
+        (RelayMode::Live, vec![], false),
+        (RelayMode::AfterData, vec![], false),
+        (RelayMode::Live, vec!["127.0.0.0/8".parse().unwrap()], true),
+    ] {
+        let mut options = ProxyOptions::default();
+        options.mode = mode;
+        options.trust_loopback = false;
+        options.trusted = trusted;
+        let proxy = Proxy::with_options(upstream.addr, options);
+        let mut c = Client::connect(proxy.addr);
+        let r = c.send("a@example.com", &["b@example.com"], b"relay?");
+        if expect_ok {
+            assert!(r.starts_with("250"), "{mode:?}: {r}");
+        } else {
+            assert_eq!(
+                r, "554 5.7.1 <b@example.com>: Relay access denied",
+                "{mode:?}"
+            );
+        }
+    }
+    assert_eq!(upstream.delivered().len(), 1);
+}
+
+#[test]
+fn live_chaos_no_250_without_delivery() {
+    chaos(RelayMode::Live);
 }

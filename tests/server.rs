@@ -579,3 +579,128 @@ c.quit()
     assert_eq!(m.mail_options.len(), 1);
     assert!(m.mail_options[0].starts_with("SIZE="));
 }
+
+/// A server that decides recipients itself: `bad…` refused at once, `slow…` decided on a worker
+/// thread, `boom…` panics; every reset is counted.
+struct Gatekeeper {
+    resets: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    seen: mpsc::Sender<Message>,
+}
+
+impl SmtpServer for Gatekeeper {
+    fn process_message(&mut self, message: &Message, _cx: &mut ServerCtx<'_, '_>) -> Outcome {
+        let _ = self.seen.send(message.clone());
+        Outcome::Accept
+    }
+
+    fn on_mail(
+        &mut self,
+        request: &smtpd::server::AddressRequest<'_>,
+        _cx: &mut ServerCtx<'_, '_>,
+    ) -> Outcome {
+        if request.address.starts_with("boom") {
+            panic!("bug in on_mail");
+        }
+        Outcome::Accept
+    }
+
+    fn on_rcpt(
+        &mut self,
+        request: &smtpd::server::AddressRequest<'_>,
+        cx: &mut ServerCtx<'_, '_>,
+    ) -> Outcome {
+        if request.address.starts_with("bad") {
+            return Outcome::Reply(Reply::new(550, "5.1.1 unknown user"));
+        }
+        if request.address.starts_with("slow") {
+            let ticket = cx.defer();
+            let accept = request.rcpt_tos.is_empty();
+            thread::spawn(move || {
+                thread::sleep(Duration::from_millis(50));
+                if accept {
+                    ticket.complete(Reply::new(250, "2.1.5 checked slowly"));
+                } else {
+                    ticket.complete(Reply::new(452, "4.5.3 only one slow one"));
+                }
+            });
+            return Outcome::Deferred;
+        }
+        Outcome::Accept
+    }
+
+    fn on_reset(&mut self, _cx: &mut ServerCtx<'_, '_>) {
+        self.resets
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+#[test]
+fn mail_and_rcpt_hooks_refuse_defer_and_survive_panics() {
+    let resets = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let (tx, rx) = mpsc::channel();
+    let (ready_tx, ready_rx) = mpsc::channel();
+    let r2 = resets.clone();
+    let runner = thread::spawn(move || {
+        let mut reactor = Reactor::new().unwrap();
+        let server = Rc::new(RefCell::new(Gatekeeper {
+            resets: r2,
+            seen: tx,
+        }));
+        let l = Listener::bind(
+            &mut reactor,
+            "127.0.0.1:0".parse().unwrap(),
+            server,
+            options(),
+        )
+        .unwrap();
+        reactor.add(Watchdog(Duration::from_secs(30))).unwrap();
+        ready_tx
+            .send((l.local_addr(), reactor.stop_handle()))
+            .unwrap();
+        reactor.run().unwrap();
+    });
+    let (addr, stop) = ready_rx.recv().unwrap();
+    let mut c = Client::after_ehlo(addr);
+    assert_eq!(
+        c.cmd("MAIL FROM:<boom@example.com>"),
+        "451 Requested action aborted: local error in processing"
+    );
+    assert_eq!(
+        c.cmd("RCPT TO:<x@example.com>"),
+        "503 Error: need MAIL command"
+    );
+    assert_eq!(c.cmd("MAIL FROM:<a@example.com>"), "250 OK");
+    assert_eq!(c.cmd("RCPT TO:<bad@example.com>"), "550 5.1.1 unknown user");
+    // A pipelined RCPT waits for the deferred decision of the one before it.
+    c.send("RCPT TO:<slow1@example.com>\r\nRCPT TO:<slow2@example.com>\r\n");
+    assert_eq!(c.line(), "250 2.1.5 checked slowly");
+    assert_eq!(c.line(), "452 4.5.3 only one slow one");
+    assert_eq!(c.cmd("RCPT TO:<good@example.com>"), "250 OK");
+    assert_eq!(c.cmd("RSET"), "250 OK");
+    assert_eq!(resets.load(std::sync::atomic::Ordering::SeqCst), 1);
+    assert_eq!(c.cmd("MAIL FROM:<a@example.com>"), "250 OK");
+    assert_eq!(
+        c.cmd("RCPT TO:<slow@example.com>"),
+        "250 2.1.5 checked slowly"
+    );
+    assert_eq!(c.cmd("RCPT TO:<good@example.com>"), "250 OK");
+    assert_eq!(c.cmd("DATA"), "354 End data with <CR><LF>.<CR><LF>");
+    c.send("hi\r\n.\r\n");
+    assert_eq!(c.line(), "250 OK");
+    let m = rx.recv_timeout(Duration::from_secs(5)).unwrap();
+    assert_eq!(m.rcpt_tos, ["slow@example.com", "good@example.com"]);
+    // A delivered message is not a reset; a dropped connection mid-transaction is.
+    assert_eq!(resets.load(std::sync::atomic::Ordering::SeqCst), 1);
+    assert_eq!(c.cmd("MAIL FROM:<a@example.com>"), "250 OK");
+    drop(c);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while resets.load(std::sync::atomic::Ordering::SeqCst) < 2 {
+        assert!(
+            Instant::now() < deadline,
+            "no reset after a disconnect mid-transaction"
+        );
+        thread::sleep(Duration::from_millis(10));
+    }
+    stop.stop();
+    runner.join().unwrap();
+}

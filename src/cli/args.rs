@@ -437,10 +437,12 @@ Options:
 Relay options (PureProxy; not in Python's smtpd):
 
     --relay-mode live|after-data
-        after-data (the default for now, CPython's timing): the upstream is
-        contacted once the message is complete, and the client's reply is the
-        upstream's verdict: 250 only when the upstream took the message, 451
-        when it is down, slow or refuses temporarily.
+        live (the default): the upstream session opens at MAIL and every
+        MAIL, RCPT and end of data is answered with the upstream's own reply.
+        after-data (CPython's timing): the upstream is contacted once the
+        message is complete. Either way the client hears 250 only when the
+        upstream took the message, and 451 when it is down, slow or refuses
+        temporarily, so no mail is lost.
 
     --trusted NET[,NET...]
         Networks (CIDR, e.g. 192.0.2.0/24) whose clients may relay, besides

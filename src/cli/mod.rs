@@ -121,8 +121,9 @@ fn pure_proxy(args: &ClassArgs<'_>) -> Result<PureProxy, String> {
     })?;
     let mut options = ProxyOptions::default();
     match o.relay_mode.as_deref() {
-        None | Some("after-data") => options.mode = RelayMode::AfterData,
-        Some(other) => return Err(format!("relay mode {other} is not available yet")),
+        None | Some("live") => options.mode = RelayMode::Live,
+        Some("after-data") => options.mode = RelayMode::AfterData,
+        Some(other) => return Err(format!("Invalid relay mode: {other}")),
     }
     for net in &o.trusted {
         let parsed: IpNet = net

@@ -450,6 +450,10 @@ impl ChatHandler for SmtpChannel {
         {
             ctx.cancel_timer(timer);
         }
+        if self.in_transaction && !self.delivered {
+            self.notify_server(ctx, |server, cx| server.on_reset(cx));
+        }
+        self.notify_server(ctx, |server, cx| server.on_disconnect(cx));
         self.shared.channels.borrow_mut().remove(&ctx.handle());
     }
 }

@@ -10,13 +10,21 @@ use ipnet::IpNet;
 
 use super::headers::{count_received, insert_x_peer, received_header};
 use crate::client::{Client, ClientConfig, Event, MailParams, Relay, RelayOptions};
-use crate::reactor::Ctx;
-use crate::server::{fqdn, Message, Outcome, Reply, ServerCtx, SmtpServer, Ticket};
+use std::collections::HashMap;
+
+use crate::client::RelayCommand;
+use crate::reactor::{Ctx, Handle};
+use crate::server::{fqdn, AddressRequest, Message, Outcome, Reply, ServerCtx, SmtpServer, Ticket};
 
 /// When the upstream is contacted.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum RelayMode {
+    /// The semantics of Postfix's before-queue proxy (the default): the upstream session opens
+    /// at MAIL, each MAIL and RCPT is forwarded and answered with the upstream's own reply, and
+    /// the reply after the data is the upstream's. The client learns the exact fate of every
+    /// recipient, so nothing needs reporting afterwards.
+    Live,
     /// CPython's timing: after the whole message has been received. All recipients accepted →
     /// `250 OK`; any temporary refusal → `451` for the whole message (nothing is sent, so a
     /// retry duplicates nothing); all refused permanently → the upstream's reply; some refused
@@ -47,8 +55,10 @@ pub struct ProxyOptions {
     pub relay: RelayOptions,
     /// Our name: in EHLO to the upstream and in the `Received:` header. Default: the FQDN.
     pub hostname: String,
-    /// Clients allowed to relay, besides loopback (which always may).
+    /// Clients allowed to relay, besides loopback.
     pub trusted: Vec<IpNet>,
+    /// Whether loopback clients may relay. Default true.
+    pub trust_loopback: bool,
     /// Relay for anybody (an open relay: only behind other access control).
     pub open_relay: bool,
     /// Refuse messages that already carry more `Received:` headers than this (a mail loop).
@@ -59,10 +69,11 @@ pub struct ProxyOptions {
 impl Default for ProxyOptions {
     fn default() -> Self {
         ProxyOptions {
-            mode: RelayMode::AfterData,
+            mode: RelayMode::Live,
             relay: RelayOptions::default(),
             hostname: fqdn(),
             trusted: Vec::new(),
+            trust_loopback: true,
             open_relay: false,
             max_hops: 50,
         }
@@ -83,6 +94,55 @@ pub struct PureProxy {
     upstream: SocketAddr,
     options: ProxyOptions,
     on_refusal: Option<RefusalHook>,
+    /// Live mode: the upstream session of each client connection.
+    live: HashMap<Handle, Live>,
+}
+
+/// Allowance for the `Received:` and `X-Peer:` headers in the SIZE announced upstream before
+/// the message is known (live mode).
+const HEADER_ALLOWANCE: u64 = 512;
+
+/// The upstream side of one client connection in live mode.
+struct Live {
+    relay: Handle,
+    state: Rc<RefCell<LiveState>>,
+}
+
+#[derive(Default)]
+struct LiveState {
+    /// The client's command waiting for the upstream's answer (at most one: the channel reads
+    /// nothing more while it waits).
+    waiting: Option<Ticket>,
+    /// Why the upstream session is unusable, once it is.
+    dead: Option<Reply>,
+}
+
+impl LiveState {
+    fn answer(&mut self, reply: Reply, ctx: &mut Ctx<'_>) {
+        if let Some(ticket) = self.waiting.take() {
+            ticket.complete_in(ctx, reply);
+        }
+    }
+
+    fn handle(&mut self, event: Event, ctx: &mut Ctx<'_>) {
+        match event {
+            Event::Mail(reply)
+            | Event::Rcpt(_, reply)
+            | Event::DataRefused(reply)
+            | Event::Data(reply) => self.answer(reply, ctx),
+            Event::Failed(reply) => {
+                self.dead = Some(reply.clone());
+                self.answer(reply, ctx);
+            }
+            Event::Closed => {
+                let reply =
+                    Reply::new(451, "Requested action aborted: upstream closed the session");
+                self.dead = Some(reply.clone());
+                self.answer(reply, ctx);
+            }
+            _ => {}
+        }
+    }
 }
 
 impl PureProxy {
@@ -98,6 +158,7 @@ impl PureProxy {
             upstream,
             options,
             on_refusal: None,
+            live: HashMap::new(),
         }
     }
 
@@ -118,7 +179,7 @@ impl PureProxy {
             v4 => v4,
         };
         self.options.open_relay
-            || ip.is_loopback()
+            || (self.options.trust_loopback && ip.is_loopback())
             || self.options.trusted.iter().any(|net| net.contains(&ip))
     }
 
@@ -152,17 +213,8 @@ impl std::fmt::Debug for PureProxy {
     }
 }
 
-impl SmtpServer for PureProxy {
-    fn process_message(&mut self, message: &Message, cx: &mut ServerCtx<'_, '_>) -> Outcome {
-        if !self.may_relay(message.peer.ip()) {
-            log::warn!("{}: relay access denied", message.peer);
-            return Outcome::Reply(Reply::new(554, "5.7.1 Relay access denied"));
-        }
-        let hops = count_received(&message.data);
-        if hops > self.options.max_hops {
-            log::warn!("{}: {hops} hops, a mail loop?", message.peer);
-            return Outcome::Reply(Reply::new(554, "5.4.6 Too many hops"));
-        }
+impl PureProxy {
+    fn after_data(&mut self, message: &Message, cx: &mut ServerCtx<'_, '_>) -> Outcome {
         let data = self.upstream_data(message);
         let params = MailParams::for_message(&data, message.smtputf8);
         let ticket = cx.defer();
@@ -201,6 +253,143 @@ impl SmtpServer for PureProxy {
         }
         cx.ctx().spawn(relay);
         Outcome::Deferred
+    }
+
+    /// Live mode: the channel's upstream session, opened (and the MAIL queued) if needed.
+    fn live_mail(&mut self, request: &AddressRequest<'_>, cx: &mut ServerCtx<'_, '_>) -> Outcome {
+        let channel = cx.channel();
+        let params = MailParams {
+            size: request
+                .options
+                .iter()
+                .find_map(|o| o.strip_prefix("SIZE="))
+                .and_then(|n| n.parse::<u64>().ok())
+                .map(|n| n + HEADER_ALLOWANCE),
+            eight_bit: request.options.iter().any(|o| o == "BODY=8BITMIME"),
+            smtputf8: request.options.iter().any(|o| o == "SMTPUTF8"),
+        };
+        let from = if request.address == "<>" {
+            String::new()
+        } else {
+            request.address.to_string()
+        };
+        let reusable = self
+            .live
+            .get(&channel)
+            .filter(|live| live.state.borrow().dead.is_none())
+            .map(|live| (live.relay, live.state.clone()));
+        if let Some((relay, state)) = reusable {
+            state.borrow_mut().waiting = Some(cx.defer());
+            cx.ctx().notify(relay, RelayCommand::Mail(from, params));
+            return Outcome::Deferred;
+        }
+        let state: Rc<RefCell<LiveState>> = Rc::default();
+        let events = state.clone();
+        let relay = Relay::connect(
+            self.upstream,
+            ClientConfig::smtp(self.options.hostname.clone()),
+            self.options.relay.clone(),
+            Box::new(move |event, _client, ctx| events.borrow_mut().handle(event, ctx)),
+        );
+        let mut relay = match relay {
+            Ok(relay) => relay,
+            Err(e) => {
+                log::error!("cannot open a connection to {}: {e}", self.upstream);
+                return Outcome::Reply(Reply::new(
+                    451,
+                    "Requested action aborted: cannot reach the upstream server",
+                ));
+            }
+        };
+        relay.client().mail(from, params);
+        state.borrow_mut().waiting = Some(cx.defer());
+        let relay = cx.ctx().spawn(relay);
+        self.live.insert(channel, Live { relay, state });
+        Outcome::Deferred
+    }
+
+    /// Live mode: forwards a command to the channel's upstream session and defers.
+    fn live_forward(&mut self, command: RelayCommand, cx: &mut ServerCtx<'_, '_>) -> Outcome {
+        let Some(live) = self.live.get(&cx.channel()) else {
+            return Outcome::Reply(Reply::new(
+                451,
+                "Requested action aborted: no upstream session",
+            ));
+        };
+        if let Some(dead) = live.state.borrow().dead.clone() {
+            return Outcome::Reply(dead);
+        }
+        let relay = live.relay;
+        live.state.borrow_mut().waiting = Some(cx.defer());
+        cx.ctx().notify(relay, command);
+        Outcome::Deferred
+    }
+}
+
+impl SmtpServer for PureProxy {
+    fn process_message(&mut self, message: &Message, cx: &mut ServerCtx<'_, '_>) -> Outcome {
+        if !self.may_relay(message.peer.ip()) {
+            log::warn!("{}: relay access denied", message.peer);
+            return Outcome::Reply(Reply::new(554, "5.7.1 Relay access denied"));
+        }
+        let hops = count_received(&message.data);
+        if hops > self.options.max_hops {
+            log::warn!("{}: {hops} hops, a mail loop?", message.peer);
+            return Outcome::Reply(Reply::new(554, "5.4.6 Too many hops"));
+        }
+        match self.options.mode {
+            RelayMode::AfterData => self.after_data(message, cx),
+            RelayMode::Live => {
+                let data = self.upstream_data(message);
+                self.live_forward(RelayCommand::Data(data), cx)
+            }
+        }
+    }
+
+    fn on_mail(&mut self, request: &AddressRequest<'_>, cx: &mut ServerCtx<'_, '_>) -> Outcome {
+        match self.options.mode {
+            RelayMode::Live => self.live_mail(request, cx),
+            RelayMode::AfterData => Outcome::Accept,
+        }
+    }
+
+    fn on_rcpt(&mut self, request: &AddressRequest<'_>, cx: &mut ServerCtx<'_, '_>) -> Outcome {
+        if !self.may_relay(request.peer.ip()) {
+            log::warn!(
+                "{}: relay access denied for <{}>",
+                request.peer,
+                request.address
+            );
+            return Outcome::Reply(Reply::new(
+                554,
+                format!("5.7.1 <{}>: Relay access denied", request.address),
+            ));
+        }
+        match self.options.mode {
+            RelayMode::Live => {
+                self.live_forward(RelayCommand::Rcpt(request.address.to_string()), cx)
+            }
+            RelayMode::AfterData => Outcome::Accept,
+        }
+    }
+
+    fn on_reset(&mut self, cx: &mut ServerCtx<'_, '_>) {
+        if let Some(live) = self.live.get(&cx.channel()) {
+            if live.state.borrow().dead.is_none() {
+                let relay = live.relay;
+                cx.ctx().notify(relay, RelayCommand::Rset);
+            }
+        }
+    }
+
+    fn on_disconnect(&mut self, cx: &mut ServerCtx<'_, '_>) {
+        if let Some(live) = self.live.remove(&cx.channel()) {
+            // An answer still awaited has nobody left to hear it.
+            live.state.borrow_mut().waiting = None;
+            if live.state.borrow().dead.is_none() {
+                cx.ctx().notify(live.relay, RelayCommand::Quit);
+            }
+        }
     }
 }
 
