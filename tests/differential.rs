@@ -785,6 +785,8 @@ fn sink_dialogues() -> Vec<Dialogue> {
                 "VRFY \"Fred Blogs\"@example.com",
                 "VRFY postmaster",
                 "VRFY eggs@example and more",
+                "VRFY from:<a@b> size=10",
+                "VRFY a@b,c@d",
                 "vrfy <a@[127.0.0.1]>",
             ])
             .build(),
@@ -974,6 +976,19 @@ fn framing_dialogues() -> Vec<Dialogue> {
             .build(),
         dlg("a command split byte by byte")
             .chunks(&[b"E", b"H", b"L", b"O", b" ", b"e", b"x", b"\r", b"\n"], 1)
+            .build(),
+        dlg("commands pipelined after QUIT are not answered")
+            .send("QUIT\r\nNOOP\r\n", 2)
+            .hang_up()
+            .build(),
+        dlg("a whole transaction one byte at a time")
+            .step(
+                b"HELO x\r\nMAIL FROM:<a@b>\r\nRCPT TO:<c@d>\r\nDATA\r\n.a\r\n\r\n.\r\nNOOP\r\n"
+                    .iter()
+                    .map(|&b| vec![b])
+                    .collect(),
+                Expect::Same(6),
+            )
             .build(),
         dlg("CRLF split across writes")
             .chunks(&[b"HELO example\r", b"\nNOOP\r", b"\n"], 2)
@@ -1889,6 +1904,7 @@ fn all_dialogues() -> Vec<Dialogue> {
 #[test]
 fn the_suite_is_large_and_states_its_differences() {
     let all = all_dialogues();
+    eprintln!("{} dialogues", all.len());
     assert!(all.len() >= 100, "only {} dialogues", all.len());
     let mut names: Vec<&str> = all.iter().map(|d| d.name.as_str()).collect();
     names.sort_unstable();

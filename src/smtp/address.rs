@@ -16,9 +16,9 @@
 //!   can require SMTPUTF8.
 //!
 //! What follows the path is returned stripped as [`Path::rest`] (the ESMTP
-//! parameters). After a bare address it must be separated by whitespace;
-//! after `>` it may follow directly, as CPython's `get_angle_addr` allows
-//! (`<a@b>SIZE=10` has the parameter `SIZE=10`).
+//! parameters). It may follow without a space, as with CPython's
+//! `get_angle_addr`/`get_addr_spec` (`<a@b>SIZE=10` has the parameter
+//! `SIZE=10`; in `a@b,c@d` the "parameter" `,c@d` is a syntax error).
 
 use super::command::py_strip;
 
@@ -201,8 +201,7 @@ fn requote(content: &str) -> String {
 pub(crate) fn parse_path(arg: &str, allow_null: bool) -> Result<Path<'_>, AddressError> {
     let arg = py_strip(arg);
     let mut cur = Cursor { text: arg, pos: 0 };
-    let bracketed = cur.eat('<');
-    let address = if bracketed {
+    let address = if cur.eat('<') {
         cur.skip_spaces();
         if cur.eat('>') {
             if !allow_null {
@@ -224,9 +223,6 @@ pub(crate) fn parse_path(arg: &str, allow_null: bool) -> Result<Path<'_>, Addres
         cur.mailbox()?
     };
     let rest = cur.rest();
-    if !bracketed && rest.chars().next().is_some_and(|c| !c.is_whitespace()) {
-        return Err(AddressError);
-    }
     Ok(Path {
         non_ascii: !address.is_ascii(),
         address,
@@ -263,6 +259,8 @@ mod tests {
             ("<a@b>x", "a@b", "x"),
             ("<a@b>SIZE=10", "a@b", "SIZE=10"),
             ("<a@b>>", "a@b", ">"),
+            ("a@b,c@d", "a@b", ",c@d"),
+            ("from:<a@b>", "from", ":<a@b>"),
             ("<> SIZE=1", "<>", "SIZE=1"),
             ("<@a,@b:x@y>", "x@y", ""),
             ("<@a:x@y>", "x@y", ""),
@@ -301,12 +299,10 @@ mod tests {
             "<a@b..c>",
             "<a@b.>",
             "<a@@b>",
-            "a@b@c",
             "<a@b",
             "<a@b c>",
             "@a:b@c",
             "<a@b(c)>",
-            "a@b,c@d",
             "<a@[]>",
             "<\"a>",
         ] {
