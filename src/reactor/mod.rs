@@ -35,7 +35,7 @@ mod token;
 
 pub use context::Ctx;
 pub use dispatcher::Dispatcher;
-pub use listener::{Acceptor, AcceptorOptions};
+pub use listener::{bind_tcp, Acceptor, AcceptorOptions, LISTEN_BACKLOG};
 pub use remote::{RemoteHandle, StopHandle};
 pub use timer::TimerId;
 pub use token::Handle;
