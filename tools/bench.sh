@@ -5,6 +5,7 @@
 #   tools/bench.sh                 # everything, medians of 3 rounds
 #   ROUNDS=5 tools/bench.sh        # more rounds
 #   SKIP_SCALE=1 tools/bench.sh    # throughput scenarios only
+#   BASELINE_BIN=/tmp/smtpd-old tools/bench.sh   # A/B: another build of ours in smtp-sink's place
 #
 # Needs Linux, loopback, `cargo`, and the Debian package `postfix` (for /usr/sbin/smtp-source
 # and /usr/sbin/smtp-sink); it is installed non-interactively when missing and we are root.
@@ -41,7 +42,7 @@ if [[ ! -x $SOURCE || ! -x $SINK ]]; then
 fi
 
 cargo build --release --quiet --bin smtpd --example conn_scale
-OURS_BIN=target/release/smtpd
+OURS_BIN=${OURS_BIN:-target/release/smtpd}
 SCALE_BIN=target/release/examples/conn_scale
 
 # 10k idle connections need >10k descriptors in each process.
@@ -82,6 +83,13 @@ start_ours() {
     wait_port "$PORT_OURS" "$PID"
 }
 start_sink() {
+    if [[ -n ${BASELINE_BIN:-} ]]; then
+        RUST_LOG=warn "$BASELINE_BIN" -n -c Sink "127.0.0.1:$PORT_SINK" 2>>"$TMP/sink.log" &
+        PID=$!
+        PIDS+=("$PID")
+        wait_port "$PORT_SINK" "$PID"
+        return
+    fi
     local user=()
     [[ $(id -u) -eq 0 ]] && user=(-u nobody)
     "$SINK" "${user[@]}" -m $((IDLE + SAMPLES + 100)) "127.0.0.1:$PORT_SINK" 1024 2>>"$TMP/sink.log" &
