@@ -113,14 +113,19 @@ impl SmtpChannel {
         }
     }
 
-    fn deliver(&mut self, message: Message, chat: &mut ChatCtl, ctx: &mut Ctx<'_>) {
-        let summary = format!(
+    /// How a message is named in the log. Built only when it is logged or kept for a deferral:
+    /// formatting it for every message cost 9% of the instructions of a 1 KiB transaction.
+    fn summary(&self, message: &Message) -> String {
+        format!(
             "{} from=<{}> to={:?} size={}",
             self.peer,
             message.mail_from,
             message.rcpt_tos,
             message.data.len()
-        );
+        )
+    }
+
+    fn deliver(&mut self, message: Message, chat: &mut ChatCtl, ctx: &mut Ctx<'_>) {
         let server = self.server.clone();
         let mut scx = ServerCtx::new(ctx);
         let result = catch_unwind(AssertUnwindSafe(|| {
@@ -128,6 +133,7 @@ impl SmtpChannel {
         }));
         let issued = scx.issued();
         let outcome = result.unwrap_or_else(|_| {
+            let summary = self.summary(&message);
             log::error!("{summary}: process_message panicked; answering 451");
             Outcome::Reply(local_error())
         });
@@ -141,21 +147,36 @@ impl SmtpChannel {
                 self.pending = Some(Pending {
                     ticket,
                     timer,
-                    summary,
+                    summary: self.summary(&message),
                 });
             }
             (Outcome::Deferred, None) => {
+                let summary = self.summary(&message);
                 log::error!("{summary}: Outcome::Deferred without ServerCtx::defer; answering 451");
                 self.finish(local_error(), &summary);
             }
-            (Outcome::Accept, _) => self.finish(Reply::ok(), &summary),
-            (Outcome::Reply(reply), _) => self.finish(reply, &summary),
+            (Outcome::Accept, _) => self.finish_message(Reply::ok(), &message),
+            (Outcome::Reply(reply), _) => self.finish_message(reply, &message),
+        }
+    }
+
+    /// [`finish`](Self::finish) for a message answered at once.
+    fn finish_message(&mut self, reply: Reply, message: &Message) {
+        if log::log_enabled!(log::Level::Info) {
+            let summary = self.summary(message);
+            self.finish(reply, &summary);
+        } else {
+            self.conclude(reply);
         }
     }
 
     /// Gives the session the verdict on its message.
     fn finish(&mut self, reply: Reply, summary: &str) {
         log::info!("{summary} -> {}", reply.code);
+        self.conclude(reply);
+    }
+
+    fn conclude(&mut self, reply: Reply) {
         self.session.message_done(reply, &mut self.outputs);
         if self.shutting_down {
             self.outputs.push(Output::Reply(self.closing_reply()));
