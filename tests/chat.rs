@@ -292,9 +292,11 @@ fn output_backpressure_stops_reading_and_bounds_memory() {
     });
     // Let the server run while nobody reads: its pending output must stay bounded and the
     // writer must end up blocked (the server stopped reading).
+    // Run at least 600 ms, and on (up to 10 s, for a loaded machine) until the queue filled.
     let until = Instant::now() + Duration::from_millis(600);
+    let hard_deadline = Instant::now() + Duration::from_secs(10);
     let mut max_pending = 0;
-    while Instant::now() < until {
+    while Instant::now() < until || (max_pending <= high / 2 && Instant::now() < hard_deadline) {
         server
             .reactor
             .poll_once(Some(Duration::from_millis(10)))

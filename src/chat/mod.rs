@@ -29,7 +29,7 @@ mod terminator;
 pub use outbuf::Producer;
 pub use terminator::Terminator;
 
-use std::any::Any;
+use std::any::{Any, TypeId};
 use std::cell::Cell;
 use std::io::{self, Read, Write};
 
@@ -63,6 +63,14 @@ fn take_scratch() -> Vec<u8> {
 
 fn put_scratch(buf: Vec<u8>) {
     SCRATCH.with(|s| s.set(buf));
+}
+
+/// Whether a short read from `S` proves that the OS socket is drained: true for mio's own
+/// sockets, registered edge-triggered (epoll, kqueue), where data arriving later raises a new
+/// event. Not for other streams, such as a TLS layer that may hold decrypted bytes of its own.
+fn short_read_drains<S: 'static>() -> bool {
+    let s = TypeId::of::<S>();
+    s == TypeId::of::<mio::net::TcpStream>() || s == TypeId::of::<mio::net::UnixStream>()
 }
 
 /// Limits of a [`Chat`].
@@ -306,6 +314,20 @@ impl<S: Stream> Chat<S> {
                 Ok(n) => {
                     budget -= n;
                     self.ingest(&scratch[..n], handler, ctx);
+                    if n < want
+                        && self.input.is_empty()
+                        && !self.ctl.out.is_empty()
+                        && short_read_drains::<S>()
+                    {
+                        // The socket is empty now, and more data raises a new edge event. When
+                        // every unit read was complete and a reply is queued, the peer most
+                        // likely waits for it (SMTP without pipelining), so the `recv` that
+                        // would only confirm `WouldBlock` is skipped. Otherwise (bulk DATA,
+                        // pipelined floods) more data is likely on its way and the extra `recv`
+                        // is cheaper than another `epoll_wait`.
+                        ctx.read_drained();
+                        break;
+                    }
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                     ctx.read_would_block();

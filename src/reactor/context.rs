@@ -116,6 +116,17 @@ impl Ctx<'_> {
         }
     }
 
+    /// Tells the reactor that a read returned less than asked for, so the socket is drained
+    /// and, with edge-triggered readiness, new data will raise a new event: it stops offering
+    /// `on_readable` as [`read_would_block`](Self::read_would_block) does, saving the read that
+    /// would only return `WouldBlock` — unless the OS already reported end of stream, which
+    /// raises no further event and is still to be read.
+    pub fn read_drained(&mut self) {
+        if let Some(slot) = self.core.slot_mut(self.handle) {
+            slot.readable = slot.read_closed;
+        }
+    }
+
     /// Tells the reactor that a write returned `WouldBlock`: it stops offering `on_writable`
     /// until the next readiness event.
     pub fn write_would_block(&mut self) {

@@ -37,7 +37,7 @@ mod token;
 pub use context::Ctx;
 pub use dispatcher::Dispatcher;
 pub use file::{listen_fds, Duplex, FileStream};
-pub use listener::{Acceptor, AcceptorOptions};
+pub use listener::{bind_tcp, Acceptor, AcceptorOptions, LISTEN_BACKLOG};
 pub use remote::{RemoteHandle, StopHandle};
 pub use timer::TimerId;
 pub use token::Handle;
@@ -70,6 +70,8 @@ pub(crate) struct Slot {
     dispatcher: Option<Box<dyn Dispatcher>>,
     pub(crate) readable: bool,
     pub(crate) writable: bool,
+    /// The OS reported the peer's end of stream (or an error): sticky, see [`Ctx::read_drained`].
+    pub(crate) read_closed: bool,
     queued: bool,
     closing: bool,
 }
@@ -116,6 +118,7 @@ impl Core {
             dispatcher: Some(dispatcher),
             readable: false,
             writable: false,
+            read_closed: false,
             queued: false,
             closing: false,
         });
@@ -445,6 +448,9 @@ impl Reactor {
             };
             if event.is_readable() || event.is_read_closed() || event.is_error() {
                 slot.readable = true;
+            }
+            if event.is_read_closed() || event.is_error() {
+                slot.read_closed = true;
             }
             if event.is_writable() || event.is_write_closed() || event.is_error() {
                 slot.writable = true;

@@ -159,28 +159,44 @@ impl SmtpChannel {
         }
     }
 
-    fn deliver(&mut self, message: Message, chat: &mut ChatCtl, ctx: &mut Ctx<'_>) {
-        let summary = format!(
-            "{} from=<{}> to={:?} size={}",
-            self.peer,
+    /// How a message is named in the log: built only when it is logged or kept for a deferral
+    /// (formatting it for every message cost 9% of the instructions of a 1 KiB transaction).
+    fn summary(peer: SocketAddr, message: &Message) -> String {
+        format!(
+            "{peer} from=<{}> to={:?} size={}",
             message.mail_from,
             message.rcpt_tos,
             message.data.len()
-        );
+        )
+    }
+
+    fn deliver(&mut self, message: Message, chat: &mut ChatCtl, ctx: &mut Ctx<'_>) {
         let server = self.server.clone();
         self.delivered = true;
-        self.decide(Kind::Message, summary, chat, ctx, |cx| {
+        let peer = self.peer;
+        let outcome = Self::call_server(&|| Self::summary(peer, &message), ctx, |cx| {
             server.borrow_mut().process_message(&message, cx)
         });
+        self.settle_outcome(
+            Kind::Message,
+            &|| Self::summary(peer, &message),
+            outcome,
+            chat,
+            ctx,
+        );
     }
 
     fn check(&mut self, mail: bool, check: AddressCheck, chat: &mut ChatCtl, ctx: &mut Ctx<'_>) {
-        let (verb, empty) = (if mail { "MAIL" } else { "RCPT" }, Vec::new());
-        let summary = format!("{} {verb} <{}>", self.peer, check.address);
+        let empty = Vec::new();
+        let peer = self.peer;
+        let summary = || {
+            let verb = if mail { "MAIL" } else { "RCPT" };
+            format!("{peer} {verb} <{}>", check.address)
+        };
         let server = self.server.clone();
         let envelope = self.session.envelope();
         let request = AddressRequest {
-            peer: self.peer,
+            peer,
             helo: self.session.helo(),
             mail_from: envelope.map_or(check.address.as_str(), |e| e.mail_from.as_str()),
             address: &check.address,
@@ -196,12 +212,12 @@ impl SmtpChannel {
                 server.on_rcpt(&request, cx)
             }
         });
-        self.settle_outcome(Kind::Check, summary, outcome, chat, ctx);
+        self.settle_outcome(Kind::Check, &summary, outcome, chat, ctx);
     }
 
     /// Calls into the server under `catch_unwind`; a panic becomes `451`.
     fn call_server(
-        summary: &str,
+        summary: &dyn Fn() -> String,
         ctx: &mut Ctx<'_>,
         call: impl FnOnce(&mut ServerCtx<'_, '_>) -> Outcome,
     ) -> (Outcome, Option<u64>) {
@@ -209,28 +225,16 @@ impl SmtpChannel {
         let result = catch_unwind(AssertUnwindSafe(|| call(&mut scx)));
         let issued = scx.issued();
         let outcome = result.unwrap_or_else(|_| {
-            log::error!("{summary}: the server panicked; answering 451");
+            log::error!("{}: the server panicked; answering 451", summary());
             Outcome::Reply(local_error())
         });
         (outcome, issued)
     }
 
-    fn decide(
-        &mut self,
-        kind: Kind,
-        summary: String,
-        chat: &mut ChatCtl,
-        ctx: &mut Ctx<'_>,
-        call: impl FnOnce(&mut ServerCtx<'_, '_>) -> Outcome,
-    ) {
-        let outcome = Self::call_server(&summary, ctx, call);
-        self.settle_outcome(kind, summary, outcome, chat, ctx);
-    }
-
     fn settle_outcome(
         &mut self,
         kind: Kind,
-        summary: String,
+        summary: &dyn Fn() -> String,
         (outcome, issued): (Outcome, Option<u64>),
         chat: &mut ChatCtl,
         ctx: &mut Ctx<'_>,
@@ -245,24 +249,29 @@ impl SmtpChannel {
                 self.pending = Some(Pending {
                     ticket,
                     timer,
-                    summary,
+                    summary: summary(),
                     kind,
                 });
             }
             (Outcome::Deferred, None) => {
-                log::error!("{summary}: Outcome::Deferred without ServerCtx::defer; answering 451");
-                self.finish(kind, local_error(), &summary);
+                log::error!(
+                    "{}: Outcome::Deferred without ServerCtx::defer; answering 451",
+                    summary()
+                );
+                self.finish(kind, local_error(), summary);
             }
-            (Outcome::Accept, _) => self.finish(kind, Reply::ok(), &summary),
-            (Outcome::Reply(reply), _) => self.finish(kind, reply, &summary),
+            (Outcome::Accept, _) => self.finish(kind, Reply::ok(), summary),
+            (Outcome::Reply(reply), _) => self.finish(kind, reply, summary),
         }
     }
 
     /// Gives the session the verdict it waits for.
-    fn finish(&mut self, kind: Kind, reply: Reply, summary: &str) {
+    fn finish(&mut self, kind: Kind, reply: Reply, summary: &dyn Fn() -> String) {
         match kind {
             Kind::Message => {
-                log::info!("{summary} -> {}", reply.code);
+                if log::log_enabled!(log::Level::Info) {
+                    log::info!("{} -> {}", summary(), reply.code);
+                }
                 self.session.message_done(reply, &mut self.outputs);
                 if self.shutting_down {
                     self.outputs.push(Output::Reply(self.closing_reply()));
@@ -270,7 +279,9 @@ impl SmtpChannel {
                 }
             }
             Kind::Check => {
-                log::debug!("{summary} -> {}", reply.code);
+                if log::log_enabled!(log::Level::Debug) {
+                    log::debug!("{} -> {}", summary(), reply.code);
+                }
                 self.session.check_done(reply, &mut self.outputs);
             }
         }
@@ -288,7 +299,7 @@ impl SmtpChannel {
             );
             local_error()
         });
-        self.finish(pending.kind, reply, &pending.summary);
+        self.finish(pending.kind, reply, &|| pending.summary.clone());
         self.resume(chat, ctx);
     }
 
@@ -414,7 +425,7 @@ impl ChatHandler for SmtpChannel {
                 "{}: no answer within the deferral deadline; answering 451",
                 pending.summary
             );
-            self.finish(pending.kind, local_error(), &pending.summary);
+            self.finish(pending.kind, local_error(), &|| pending.summary.clone());
             self.resume(chat, ctx);
         } else if self.shutdown == Some(timer) {
             self.shutdown = None;
