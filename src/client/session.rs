@@ -133,7 +133,7 @@ enum Expect {
     Quit,
 }
 
-/// A sans-I/O SMTP or LMTP client session. See the [module docs](self).
+/// A sans-I/O SMTP or LMTP client session. See the [module docs](crate::client).
 #[derive(Debug)]
 pub struct Client {
     config: ClientConfig,

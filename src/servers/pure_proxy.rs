@@ -9,7 +9,7 @@ use std::time::SystemTime;
 use ipnet::IpNet;
 
 use super::headers::{count_received, insert_x_peer, received_header};
-use crate::client::{Client, ClientConfig, Event, MailParams, Relay, RelayOptions};
+use crate::client::{Client, ClientConfig, Event, EventHandler, MailParams, Relay, RelayOptions};
 use std::collections::HashMap;
 
 use crate::client::RelayCommand;
@@ -214,6 +214,24 @@ impl std::fmt::Debug for PureProxy {
 }
 
 impl PureProxy {
+    /// A relay to the upstream (not yet spawned), or the `451` to answer if no socket can be
+    /// had.
+    fn open_relay(&self, on_event: EventHandler) -> Result<Relay, Outcome> {
+        Relay::connect(
+            self.upstream,
+            ClientConfig::smtp(self.options.hostname.clone()),
+            self.options.relay.clone(),
+            on_event,
+        )
+        .map_err(|e| {
+            log::error!("cannot open a connection to {}: {e}", self.upstream);
+            Outcome::Reply(Reply::new(
+                451,
+                "Requested action aborted: cannot reach the upstream server",
+            ))
+        })
+    }
+
     fn after_data(&mut self, message: &Message, cx: &mut ServerCtx<'_, '_>) -> Outcome {
         let data = self.upstream_data(message);
         let params = MailParams::for_message(&data, message.smtputf8);
@@ -226,21 +244,12 @@ impl PureProxy {
             data: Some(data),
             on_refusal: self.on_refusal.clone(),
         };
-        let relay = Relay::connect(
-            self.upstream,
-            ClientConfig::smtp(self.options.hostname.clone()),
-            self.options.relay.clone(),
-            Box::new(move |event, client, ctx| state.handle(event, client, ctx)),
-        );
+        let relay = self.open_relay(Box::new(move |event, client, ctx| {
+            state.handle(event, client, ctx)
+        }));
         let mut relay = match relay {
             Ok(relay) => relay,
-            Err(e) => {
-                log::error!("cannot open a connection to {}: {e}", self.upstream);
-                return Outcome::Reply(Reply::new(
-                    451,
-                    "Requested action aborted: cannot reach the upstream server",
-                ));
-            }
+            Err(refusal) => return refusal,
         };
         let mail_from = if message.mail_from == "<>" {
             ""
@@ -285,21 +294,12 @@ impl PureProxy {
         }
         let state: Rc<RefCell<LiveState>> = Rc::default();
         let events = state.clone();
-        let relay = Relay::connect(
-            self.upstream,
-            ClientConfig::smtp(self.options.hostname.clone()),
-            self.options.relay.clone(),
-            Box::new(move |event, _client, ctx| events.borrow_mut().handle(event, ctx)),
-        );
+        let relay = self.open_relay(Box::new(move |event, _client, ctx| {
+            events.borrow_mut().handle(event, ctx)
+        }));
         let mut relay = match relay {
             Ok(relay) => relay,
-            Err(e) => {
-                log::error!("cannot open a connection to {}: {e}", self.upstream);
-                return Outcome::Reply(Reply::new(
-                    451,
-                    "Requested action aborted: cannot reach the upstream server",
-                ));
-            }
+            Err(refusal) => return refusal,
         };
         relay.client().mail(from, params);
         state.borrow_mut().waiting = Some(cx.defer());
