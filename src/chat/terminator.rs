@@ -31,6 +31,9 @@ impl Terminator {
 pub(crate) struct Framing {
     pub(crate) terminator: Terminator,
     finder: Option<Finder<'static>>,
+    /// The terminator used before the current one, with its searcher: protocols switch back
+    /// and forth between two (SMTP: CRLF and CRLF.CRLF), so a switch back builds nothing.
+    spare: Option<(Terminator, Option<Finder<'static>>)>,
     /// How many leading bytes of a `Bytes` terminator count as already seen just before the
     /// next input byte (see `ChatCtl::set_terminator_primed`).
     primed: usize,
@@ -62,15 +65,35 @@ impl Framing {
         Framing {
             terminator,
             finder,
+            spare: None,
             primed: 0,
         }
     }
 
     pub(crate) fn set(&mut self, terminator: Terminator) {
-        if terminator != self.terminator {
-            *self = Framing::new(terminator);
-        }
         self.primed = 0;
+        if terminator == self.terminator {
+            return;
+        }
+        let current = (
+            std::mem::replace(&mut self.terminator, Terminator::None),
+            self.finder.take(),
+        );
+        match self.spare.take() {
+            Some((spare, finder)) if spare == terminator => {
+                self.terminator = spare;
+                self.finder = finder;
+            }
+            _ => {
+                let fresh = Framing::new(terminator);
+                self.terminator = fresh.terminator;
+                self.finder = fresh.finder;
+            }
+        }
+        // Counts change as they run down; only byte terminators are worth keeping.
+        if matches!(current.0, Terminator::Bytes(_)) {
+            self.spare = Some(current);
+        }
     }
 
     pub(crate) fn set_primed(&mut self, terminator: Terminator, primed: usize) {

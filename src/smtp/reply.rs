@@ -47,25 +47,34 @@ impl Reply {
     /// output stays a well-formed reply.
     pub fn write_to(&self, buf: &mut Vec<u8>) {
         let code = self.code.clamp(100, 999);
-        let code = code.to_string();
-        let empty = [String::new()];
-        let lines: &[String] = if self.lines.is_empty() {
-            &empty
-        } else {
-            &self.lines
-        };
-        for (i, line) in lines.iter().enumerate() {
-            buf.extend_from_slice(code.as_bytes());
-            let last = i + 1 == lines.len();
-            if !last {
+        let digits = [
+            b'0' + (code / 100) as u8,
+            b'0' + (code / 10 % 10) as u8,
+            b'0' + (code % 10) as u8,
+        ];
+        if self.lines.is_empty() {
+            buf.extend_from_slice(&digits);
+            buf.extend_from_slice(b"\r\n");
+            return;
+        }
+        let last = self.lines.len() - 1;
+        for (i, line) in self.lines.iter().enumerate() {
+            buf.extend_from_slice(&digits);
+            if i != last {
                 buf.push(b'-');
             } else if !line.is_empty() {
                 buf.push(b' ');
             }
-            buf.extend(
-                line.bytes()
-                    .map(|b| if b == b'\r' || b == b'\n' { b' ' } else { b }),
-            );
+            let bytes = line.as_bytes();
+            if memchr::memchr2(b'\r', b'\n', bytes).is_none() {
+                buf.extend_from_slice(bytes);
+            } else {
+                buf.extend(
+                    bytes
+                        .iter()
+                        .map(|&b| if b == b'\r' || b == b'\n' { b' ' } else { b }),
+                );
+            }
             buf.extend_from_slice(b"\r\n");
         }
     }
