@@ -704,3 +704,109 @@ fn mail_and_rcpt_hooks_refuse_defer_and_survive_panics() {
     stop.stop();
     runner.join().unwrap();
 }
+
+/// Python code subclassed SMTPChannel to add `smtp_XXX` methods or override them; here the
+/// server lists its verbs and answers them in `on_command`.
+struct Extended {
+    refuse_next: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl SmtpServer for Extended {
+    fn process_message(&mut self, _message: &Message, _cx: &mut ServerCtx<'_, '_>) -> Outcome {
+        Outcome::Accept
+    }
+
+    fn commands(&self) -> Vec<String> {
+        vec!["XPING".into(), "noop".into(), "VRFY".into()]
+    }
+
+    fn on_command(
+        &mut self,
+        request: &smtpd::server::CommandRequest<'_>,
+        cx: &mut ServerCtx<'_, '_>,
+    ) -> Outcome {
+        match request.verb {
+            "XPING" => Outcome::Reply(Reply::new(250, format!("pong {}", request.arg))),
+            // NOOP answered later, from a thread.
+            "NOOP" if request.arg == "slow" => {
+                let ticket = cx.defer();
+                thread::spawn(move || ticket.complete(Reply::new(250, "slow noop")));
+                Outcome::Deferred
+            }
+            // Anything else: the built-in behaviour.
+            _ => Outcome::Accept,
+        }
+    }
+
+    fn ehlo_keywords(&self, keywords: &mut Vec<String>) {
+        keywords.retain(|k| k != "HELP");
+        keywords.push("PIPELINING".into());
+    }
+
+    fn on_connect(&mut self, _peer: SocketAddr, _cx: &mut ServerCtx<'_, '_>) -> Option<Reply> {
+        if self
+            .refuse_next
+            .swap(false, std::sync::atomic::Ordering::SeqCst)
+        {
+            Some(Reply::new(554, "5.7.1 no service for you"))
+        } else {
+            None
+        }
+    }
+}
+
+#[test]
+fn custom_commands_overrides_ehlo_editing_and_connect_refusal() {
+    let refuse = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let (ready_tx, ready_rx) = mpsc::channel();
+    let r2 = refuse.clone();
+    let runner = thread::spawn(move || {
+        let mut reactor = Reactor::new().unwrap();
+        let server = Rc::new(RefCell::new(Extended { refuse_next: r2 }));
+        let l = Listener::bind(
+            &mut reactor,
+            "127.0.0.1:0".parse().unwrap(),
+            server,
+            options(),
+        )
+        .unwrap();
+        reactor.add(Watchdog(Duration::from_secs(30))).unwrap();
+        ready_tx
+            .send((l.local_addr(), reactor.stop_handle()))
+            .unwrap();
+        reactor.run().unwrap();
+    });
+    let (addr, stop) = ready_rx.recv().unwrap();
+    let mut c = Client::greeted(addr);
+    c.send("EHLO me\r\n");
+    assert_eq!(
+        c.reply(),
+        [
+            "250-test.example",
+            "250-SIZE 33554432",
+            "250-8BITMIME",
+            "250 PIPELINING"
+        ]
+    );
+    assert_eq!(c.cmd("XPING hello"), "250 pong hello");
+    assert_eq!(c.cmd("xping"), "250 pong ");
+    assert_eq!(c.cmd("NOOP slow"), "250 slow noop");
+    // Accept runs the built-in command, CPython's replies included.
+    assert_eq!(c.cmd("NOOP"), "250 OK");
+    assert_eq!(c.cmd("NOOP x"), "501 Syntax: NOOP");
+    assert_eq!(
+        c.cmd("VRFY <a@example.com>"),
+        "252 Cannot VRFY user, but will accept message and attempt delivery"
+    );
+    assert_eq!(
+        c.cmd("XOTHER"),
+        "500 Error: command \"XOTHER\" not recognized"
+    );
+
+    refuse.store(true, std::sync::atomic::Ordering::SeqCst);
+    let mut refused = Client::connect(addr);
+    assert_eq!(refused.line(), "554 5.7.1 no service for you");
+    assert!(refused.at_eof());
+    stop.stop();
+    runner.join().unwrap();
+}

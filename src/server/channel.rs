@@ -9,16 +9,19 @@ use std::rc::Rc;
 use std::sync::Arc;
 
 use super::listener::{ChannelShutdown, ListenerShared};
-use super::{local_error, AddressRequest, Completion, Outcome, ServerCtx, SmtpServer};
+use super::{
+    local_error, AddressRequest, CommandRequest, Completion, Outcome, ServerCtx, SmtpServer,
+};
 use crate::chat::{ChatCtl, ChatHandler, Terminator};
 use crate::reactor::{Ctx, TimerId};
-use crate::smtp::{AddressCheck, Config, Framing, Message, Output, Reply, Session};
+use crate::smtp::{AddressCheck, CommandCheck, Config, Framing, Message, Output, Reply, Session};
 
 /// What a deferred answer is for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Kind {
     Message,
     Check,
+    Command,
 }
 
 /// A decision handed to the server and not answered yet.
@@ -106,6 +109,7 @@ impl SmtpChannel {
                     Output::Close => chat.close_when_done(),
                     Output::CheckMail(check) => self.check(true, check, chat, ctx),
                     Output::CheckRcpt(check) => self.check(false, check, chat, ctx),
+                    Output::Command(command) => self.command(command, chat, ctx),
                 }
             }
         }
@@ -215,6 +219,22 @@ impl SmtpChannel {
         self.settle_outcome(Kind::Check, &summary, outcome, chat, ctx);
     }
 
+    fn command(&mut self, command: CommandCheck, chat: &mut ChatCtl, ctx: &mut Ctx<'_>) {
+        let peer = self.peer;
+        let summary = || format!("{peer} command {}", command.verb);
+        let server = self.server.clone();
+        let request = CommandRequest {
+            peer,
+            helo: self.session.helo(),
+            verb: &command.verb,
+            arg: &command.arg,
+        };
+        let outcome = Self::call_server(&summary, ctx, |cx| {
+            server.borrow_mut().on_command(&request, cx)
+        });
+        self.settle_outcome(Kind::Command, &summary, outcome, chat, ctx);
+    }
+
     /// Calls into the server under `catch_unwind`; a panic becomes `451`.
     fn call_server(
         summary: &dyn Fn() -> String,
@@ -260,6 +280,9 @@ impl SmtpChannel {
                 );
                 self.finish(kind, local_error(), summary);
             }
+            (Outcome::Accept, _) if kind == Kind::Command => {
+                self.session.command_done(None, &mut self.outputs);
+            }
             (Outcome::Accept, _) => self.finish(kind, Reply::ok(), summary),
             (Outcome::Reply(reply), _) => self.finish(kind, reply, summary),
         }
@@ -278,7 +301,7 @@ impl SmtpChannel {
                     self.outputs.push(Output::Close);
                 }
             }
-            Kind::Check => {
+            Kind::Check | Kind::Command => {
                 if log::log_enabled!(log::Level::Debug) {
                     log::debug!("{} -> {}", summary(), reply.code);
                 }
@@ -407,6 +430,25 @@ impl ChatHandler for SmtpChannel {
 
     fn on_start(&mut self, chat: &mut ChatCtl, ctx: &mut Ctx<'_>) {
         log::debug!("{} connected", self.peer);
+        let server = self.server.clone();
+        let peer = self.peer;
+        let mut scx = ServerCtx::new(ctx);
+        let refusal = catch_unwind(AssertUnwindSafe(|| {
+            server.borrow_mut().on_connect(peer, &mut scx)
+        }))
+        .unwrap_or_else(|_| {
+            log::error!("{peer}: on_connect panicked; refusing the connection");
+            Some(Reply::new(
+                421,
+                "Service not available, closing transmission channel",
+            ))
+        });
+        if let Some(reply) = refusal {
+            log::info!("{peer}: refused at connect: {}", reply.code);
+            self.push_reply(chat, &reply);
+            chat.close_when_done();
+            return;
+        }
         self.session.start(&mut self.outputs);
         self.act(chat, ctx);
         self.arm_idle(ctx);

@@ -89,11 +89,21 @@ impl Listener {
         let local_addr = listener.local_addr()?;
         // The server's on_mail/on_rcpt hooks decide every MAIL and RCPT (the defaults accept,
         // as CPython does).
-        let config = Config {
+        let mut config = Config {
             check_mail: true,
             check_rcpt: true,
             ..options.session.clone()
         };
+        {
+            let server = server.borrow();
+            config.custom_verbs = server.commands().iter().map(|v| v.to_uppercase()).collect();
+            let default = crate::smtp::default_ehlo_keywords(&config);
+            let mut keywords = default.clone();
+            server.ehlo_keywords(&mut keywords);
+            if keywords != default {
+                config.ehlo_keywords = Some(keywords);
+            }
+        }
         let shared = Rc::new(ListenerShared {
             config: Arc::new(config),
             options,

@@ -127,6 +127,54 @@ pub trait SmtpServer: 'static {
 
     /// The connection ([`ServerCtx::channel`]) closed.
     fn on_disconnect(&mut self, _cx: &mut ServerCtx<'_, '_>) {}
+
+    /// A client connected. Return a reply (`554 No service for you`) to send it instead of
+    /// the greeting and close the connection; the default (`None`) greets it.
+    fn on_connect(
+        &mut self,
+        _peer: std::net::SocketAddr,
+        _cx: &mut ServerCtx<'_, '_>,
+    ) -> Option<Reply> {
+        None
+    }
+
+    /// The verbs (upper-case) this server handles itself in
+    /// [`on_command`](Self::on_command): new commands, or built-in ones it overrides — what
+    /// Python code did by subclassing `SMTPChannel` with `smtp_XXX` methods. Asked once, when
+    /// the [`Listener`] is created.
+    fn commands(&self) -> Vec<String> {
+        Vec::new()
+    }
+
+    /// A command whose verb [`commands`](Self::commands) listed. Return a reply, defer, or
+    /// [`Outcome::Accept`] to run the built-in behaviour (CPython's; `250 OK` for a verb
+    /// that has none).
+    fn on_command(
+        &mut self,
+        _request: &CommandRequest<'_>,
+        _cx: &mut ServerCtx<'_, '_>,
+    ) -> Outcome {
+        Outcome::Accept
+    }
+
+    /// Edits the EHLO keywords (after the hostname line) announced to every client: add
+    /// `PIPELINING`, drop `HELP`, ... `keywords` holds CPython's list on entry. Asked once,
+    /// when the [`Listener`] is created.
+    fn ehlo_keywords(&self, _keywords: &mut Vec<String>) {}
+}
+
+/// A command for [`SmtpServer::on_command`].
+#[derive(Debug)]
+#[non_exhaustive]
+pub struct CommandRequest<'a> {
+    /// The client's address.
+    pub peer: std::net::SocketAddr,
+    /// The HELO/EHLO argument, once given.
+    pub helo: Option<&'a str>,
+    /// The verb, upper-cased.
+    pub verb: &'a str,
+    /// The rest of the line.
+    pub arg: &'a str,
 }
 
 /// A `MAIL FROM` or `RCPT TO` for [`SmtpServer::on_mail`] / [`SmtpServer::on_rcpt`].

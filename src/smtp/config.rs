@@ -58,6 +58,12 @@ pub struct Config {
     /// Ask the caller to decide each syntactically valid RCPT TO
     /// ([`Output::CheckRcpt`](super::Output::CheckRcpt)) instead of accepting it at once.
     pub check_rcpt: bool,
+    /// Upper-case verbs the caller handles itself ([`Output::Command`](super::Output::Command)):
+    /// new commands, or built-in ones it overrides (Python's `smtp_XXX` methods).
+    pub custom_verbs: Vec<String>,
+    /// The EHLO keywords after the hostname line, replacing the default list
+    /// ([`default_ehlo_keywords`](super::default_ehlo_keywords)) when set.
+    pub ehlo_keywords: Option<Vec<String>>,
 }
 
 impl Default for Config {
@@ -73,6 +79,8 @@ impl Default for Config {
             bare_lf: BareLf::Reject,
             check_mail: false,
             check_rcpt: false,
+            custom_verbs: Vec::new(),
+            ehlo_keywords: None,
         }
     }
 }

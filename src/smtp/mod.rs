@@ -55,5 +55,6 @@ pub use config::{
     BareLf, Config, ConfigError, COMMAND_SIZE_LIMIT, DATA_SIZE_DEFAULT, SIZE_EXTENSION_BYTES,
     SMTPUTF8_EXTENSION_BYTES,
 };
+pub use replies::default_ehlo_keywords;
 pub use reply::Reply;
-pub use session::{AddressCheck, Envelope, Framing, Message, Output, Session};
+pub use session::{AddressCheck, CommandCheck, Envelope, Framing, Message, Output, Session};

@@ -204,6 +204,17 @@ pub fn helo(config: &Config) -> Reply {
 /// `8BITMIME` unless `decode_data`, `SMTPUTF8` when enabled, `HELP`.
 pub fn ehlo(config: &Config) -> Reply {
     let mut lines = vec![config.hostname.clone()];
+    match &config.ehlo_keywords {
+        Some(keywords) => lines.extend(keywords.iter().cloned()),
+        None => lines.extend(default_ehlo_keywords(config)),
+    }
+    Reply::multiline(250, lines)
+}
+
+/// The EHLO keywords CPython's `SMTPChannel` announces for `config`: `SIZE n` when a limit is
+/// set, `8BITMIME` unless `decode_data`, `SMTPUTF8` when enabled, and `HELP`.
+pub fn default_ehlo_keywords(config: &Config) -> Vec<String> {
+    let mut lines = Vec::new();
     if config.data_size_limit != 0 {
         lines.push(format!("SIZE {}", config.data_size_limit));
     }
@@ -214,7 +225,7 @@ pub fn ehlo(config: &Config) -> Reply {
         lines.push("SMTPUTF8".to_owned());
     }
     lines.push("HELP".to_owned());
-    Reply::multiline(250, lines)
+    lines
 }
 
 /// `500 Error: command "{command}" not recognized`; `command` must already

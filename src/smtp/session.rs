@@ -39,6 +39,18 @@ pub enum Output {
     /// Decide this RCPT TO (only with [`Config::check_rcpt`]), then call
     /// [`Session::check_done`]. Nothing may be fed until then.
     CheckRcpt(AddressCheck),
+    /// Handle this command (its verb is in [`Config::custom_verbs`]), then call
+    /// [`Session::command_done`]. Nothing may be fed until then.
+    Command(CommandCheck),
+}
+
+/// A command whose verb the caller handles itself.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CommandCheck {
+    /// The verb, upper-cased.
+    pub verb: String,
+    /// The rest of the line, stripped as CPython strips it.
+    pub arg: String,
 }
 
 /// A MAIL FROM or RCPT TO that passed the syntax checks and waits for a decision.
@@ -57,6 +69,8 @@ enum Pending {
     Mail(Envelope),
     /// A recipient and its parameters.
     Rcpt(String, Vec<String>),
+    /// A command the caller handles.
+    Command(String, String),
 }
 
 /// A received message, as CPython hands it to `process_message`.
@@ -273,12 +287,24 @@ impl Session {
         if line.len() > self.command_limit(&cmd.verb) {
             return push(out, replies::LINE_TOO_LONG);
         }
-        let Some(verb) = Verb::from_upper(&cmd.verb) else {
-            let shown = echo(&cmd.verb, self.utf8_replies());
+        if self.config.custom_verbs.contains(&cmd.verb) {
+            out.push(Output::Command(CommandCheck {
+                verb: cmd.verb.clone(),
+                arg: cmd.arg.to_owned(),
+            }));
+            self.pending = Some(Pending::Command(cmd.verb, cmd.arg.to_owned()));
+            return;
+        }
+        self.run(&cmd.verb, cmd.arg, out);
+    }
+
+    /// Runs a command the built-in way (unknown verbs get `500`).
+    fn run(&mut self, verb: &str, arg: &str, out: &mut Vec<Output>) {
+        let Some(verb) = Verb::from_upper(verb) else {
+            let shown = echo(verb, self.utf8_replies());
             return push(out, replies::command_not_recognized(&shown));
         };
         log::trace!("smtp {} command {:?}", self.peer, verb);
-        let arg = cmd.arg;
         match verb {
             Verb::Helo | Verb::Ehlo => self.hello(verb == Verb::Ehlo, arg, out),
             Verb::Noop if arg.is_empty() => push(out, replies::OK),
@@ -476,6 +502,9 @@ impl Session {
     /// envelope); any other reply refuses it and leaves the transaction as it was. The reply
     /// is pushed as given. Ignored (a caller bug) when no check is pending.
     pub fn check_done(&mut self, reply: Reply, out: &mut Vec<Output>) {
+        if let Some(Pending::Command(..)) = self.pending {
+            return self.command_done(Some(reply), out);
+        }
         let Some(pending) = self.pending.take() else {
             debug_assert!(false, "check_done without a pending check");
             return;
@@ -486,6 +515,9 @@ impl Session {
                     self.state = State::Command {
                         envelope: Some(envelope),
                     };
+                }
+                Pending::Command(verb, _) => {
+                    debug_assert!(false, "check_done for command {verb}");
                 }
                 Pending::Rcpt(address, options) => {
                     if let State::Command {
@@ -499,6 +531,21 @@ impl Session {
             }
         }
         out.push(Output::Reply(reply));
+    }
+
+    /// Gives the outcome of the last [`Output::Command`]: `Some(reply)` is pushed as the
+    /// answer; `None` runs the command the built-in way (CPython's behaviour; `250 OK` for a
+    /// verb the session does not know). Ignored (a caller bug) when no command is pending.
+    pub fn command_done(&mut self, reply: Option<Reply>, out: &mut Vec<Output>) {
+        let Some(Pending::Command(verb, arg)) = self.pending.take() else {
+            debug_assert!(false, "command_done without a pending command");
+            return;
+        };
+        match reply {
+            Some(reply) => out.push(Output::Reply(reply)),
+            None if Verb::from_upper(&verb).is_some() => self.run(&verb, &arg, out),
+            None => push(out, replies::OK),
+        }
     }
 
     fn data(&mut self, arg: &str, out: &mut Vec<Output>) {
