@@ -37,7 +37,7 @@ mod token;
 pub use context::Ctx;
 pub use dispatcher::Dispatcher;
 pub use file::{listen_fds, Duplex, FileStream};
-pub use listener::{Acceptor, AcceptorOptions};
+pub use listener::{bind_tcp, Acceptor, AcceptorOptions, LISTEN_BACKLOG};
 pub use remote::{RemoteHandle, StopHandle};
 pub use timer::TimerId;
 pub use token::Handle;

@@ -54,7 +54,8 @@ pub struct Listener {
 }
 
 impl Listener {
-    /// Binds `addr` (port 0 picks a free port) and starts serving on `reactor`.
+    /// Binds `addr` (port 0 picks a free port) with a listen backlog of
+    /// [`LISTEN_BACKLOG`](crate::reactor::LISTEN_BACKLOG) and starts serving on `reactor`.
     ///
     /// # Errors
     /// When the address cannot be bound, or `options.session` is inconsistent
@@ -65,7 +66,7 @@ impl Listener {
         server: Rc<RefCell<dyn SmtpServer>>,
         options: ServerOptions,
     ) -> io::Result<Listener> {
-        let listener = TcpListener::bind(addr)?;
+        let listener = crate::reactor::bind_tcp(addr, crate::reactor::LISTEN_BACKLOG)?;
         Listener::adopt(reactor, listener, server, options)
     }
 
