@@ -75,7 +75,8 @@ use mio::event::Source;
 
 use crate::reactor::{Ctx, Dispatcher, Handle, Reactor, RemoteHandle, StopHandle, TimerId};
 use crate::server::{
-    Listener, Message, Outcome, Reply, ServerCtx, ServerOptions, Shutdown, SmtpServer,
+    AddressRequest, Listener, Message, Outcome, Reply, ServerCtx, ServerOptions, Shutdown,
+    SmtpServer,
 };
 
 /// The host name test servers greet with unless [options](TestServerBuilder::options) say
@@ -228,6 +229,22 @@ impl SmtpServer for Recording {
     fn process_message(&mut self, message: &Message, cx: &mut ServerCtx<'_, '_>) -> Outcome {
         let _ = self.seen.send(message.clone());
         self.inner.process_message(message, cx)
+    }
+
+    fn on_mail(&mut self, request: &AddressRequest<'_>, cx: &mut ServerCtx<'_, '_>) -> Outcome {
+        self.inner.on_mail(request, cx)
+    }
+
+    fn on_rcpt(&mut self, request: &AddressRequest<'_>, cx: &mut ServerCtx<'_, '_>) -> Outcome {
+        self.inner.on_rcpt(request, cx)
+    }
+
+    fn on_reset(&mut self, cx: &mut ServerCtx<'_, '_>) {
+        self.inner.on_reset(cx);
+    }
+
+    fn on_disconnect(&mut self, cx: &mut ServerCtx<'_, '_>) {
+        self.inner.on_disconnect(cx);
     }
 }
 
