@@ -34,12 +34,10 @@ pub(crate) struct ListenerShared {
 impl ListenerShared {
     /// Whether `ip` is exempt from the per-address connection cap.
     fn is_trusted(&self, ip: IpAddr) -> bool {
-        ip.is_loopback()
-            || self
-                .options
-                .trusted_networks
-                .iter()
-                .any(|n| n.contains(&ip))
+        self.options
+            .trusted_networks
+            .iter()
+            .any(|n| n.contains(&ip))
     }
 
     /// A channel for a client at `ip` closed.

@@ -333,11 +333,13 @@ pub struct ServerOptions {
     /// [`fd_connection_limit`] (the descriptor limit less a reserve).
     pub max_connections: usize,
     /// Most simultaneous connections from one client address; further ones get `421 4.7.0`.
-    /// Loopback addresses and [`trusted_networks`](Self::trusted_networks) are exempt.
+    /// Addresses in [`trusted_networks`](Self::trusted_networks) (loopback by default) are
+    /// exempt.
     /// 0 = no limit. Default 50 (Postfix's `smtpd_client_connection_count_limit`).
     pub max_connections_per_ip: usize,
-    /// Networks exempt from [`max_connections_per_ip`](Self::max_connections_per_ip), besides
-    /// loopback (always exempt). Default: none.
+    /// Networks exempt from [`max_connections_per_ip`](Self::max_connections_per_ip).
+    /// Default: loopback (`127.0.0.0/8`, `::1/128`); the `smtpd` command adds its `--trusted`
+    /// networks.
     pub trusted_networks: Vec<ipnet::IpNet>,
     /// Most bytes of message data the listener's connections may hold in memory at once,
     /// together. A message that would go beyond it is discarded as it arrives and answered
@@ -348,6 +350,14 @@ pub struct ServerOptions {
     /// [`LISTEN_BACKLOG`](crate::reactor::LISTEN_BACKLOG) (1024; the kernel caps it at
     /// `net.core.somaxconn`).
     pub backlog: i32,
+}
+
+/// `127.0.0.0/8` and `::1/128`: the default [`ServerOptions::trusted_networks`].
+pub fn loopback_networks() -> Vec<ipnet::IpNet> {
+    vec![
+        ipnet::IpNet::V4(ipnet::Ipv4Net::new(std::net::Ipv4Addr::LOCALHOST, 8).expect("valid")),
+        ipnet::IpNet::V6(ipnet::Ipv6Net::new(std::net::Ipv6Addr::LOCALHOST, 128).expect("valid")),
+    ]
 }
 
 /// Default [`ServerOptions::data_memory_limit`].
@@ -370,7 +380,7 @@ impl Default for ServerOptions {
             chat: ChatOptions::default(),
             max_connections: fd_connection_limit(),
             max_connections_per_ip: 50,
-            trusted_networks: Vec::new(),
+            trusted_networks: loopback_networks(),
             data_memory_limit: DATA_MEMORY_LIMIT,
             backlog: crate::reactor::LISTEN_BACKLOG,
         }
