@@ -279,10 +279,7 @@ fn ten_thousand_connections_from_loopback_work_out_of_the_box() {
     assert_serving(addr);
     let hwm = vm_hwm_kib(proc.pid());
     eprintln!("VmHWM with {N} connections: {hwm} KiB");
-    assert!(
-        hwm < 200 * 1024,
-        "VmHWM {hwm} KiB with {N} idle connections"
-    );
+    assert!(hwm < 64 * 1024, "VmHWM {hwm} KiB with {N} idle connections");
 }
 
 // ---------------------------------------------------------------------------------------------
