@@ -588,6 +588,34 @@ mod tests {
     }
 
     #[test]
+    fn limit_options() {
+        let o = run(&[
+            "--limit-errors",
+            "5",
+            "--limit-per-ip=0",
+            "--limit-data-memory",
+            "1_000",
+            "--greeting-delay",
+            "250",
+            "--backlog",
+            "4096",
+            "--limit-command-timeout",
+            "60",
+        ]);
+        assert_eq!(o.limits.errors, Some(5));
+        assert_eq!(o.limits.per_ip, Some(0));
+        assert_eq!(o.limits.data_memory, Some(1000));
+        assert_eq!(o.limits.greeting_delay_ms, Some(250));
+        assert_eq!(o.limits.backlog, Some(4096));
+        assert_eq!(o.limits.command_timeout, Some(60));
+        assert_eq!(o.limits.connections, None);
+        let e = err(&["--limit-errors", "-1"]);
+        assert_eq!(e.message, "Invalid value for --limit-errors: -1");
+        // CPython's prefixes still resolve as before.
+        assert!(run(&["--d"]).debug);
+    }
+
+    #[test]
     fn defaults() {
         let o = run(&[]);
         assert_eq!(o, Options::default());
