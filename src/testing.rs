@@ -75,7 +75,8 @@ use mio::event::Source;
 
 use crate::reactor::{Ctx, Dispatcher, Handle, Reactor, RemoteHandle, StopHandle, TimerId};
 use crate::server::{
-    Listener, Message, Outcome, Reply, ServerCtx, ServerOptions, Shutdown, SmtpServer,
+    AddressRequest, CommandRequest, Listener, Message, Outcome, Reply, ServerCtx, ServerOptions,
+    Shutdown, SmtpServer,
 };
 
 /// The host name test servers greet with unless [options](TestServerBuilder::options) say
@@ -228,6 +229,38 @@ impl SmtpServer for Recording {
     fn process_message(&mut self, message: &Message, cx: &mut ServerCtx<'_, '_>) -> Outcome {
         let _ = self.seen.send(message.clone());
         self.inner.process_message(message, cx)
+    }
+
+    fn on_mail(&mut self, request: &AddressRequest<'_>, cx: &mut ServerCtx<'_, '_>) -> Outcome {
+        self.inner.on_mail(request, cx)
+    }
+
+    fn on_rcpt(&mut self, request: &AddressRequest<'_>, cx: &mut ServerCtx<'_, '_>) -> Outcome {
+        self.inner.on_rcpt(request, cx)
+    }
+
+    fn on_reset(&mut self, cx: &mut ServerCtx<'_, '_>) {
+        self.inner.on_reset(cx);
+    }
+
+    fn on_disconnect(&mut self, cx: &mut ServerCtx<'_, '_>) {
+        self.inner.on_disconnect(cx);
+    }
+
+    fn on_connect(&mut self, peer: SocketAddr, cx: &mut ServerCtx<'_, '_>) -> Option<Reply> {
+        self.inner.on_connect(peer, cx)
+    }
+
+    fn commands(&self) -> Vec<String> {
+        self.inner.commands()
+    }
+
+    fn on_command(&mut self, request: &CommandRequest<'_>, cx: &mut ServerCtx<'_, '_>) -> Outcome {
+        self.inner.on_command(request, cx)
+    }
+
+    fn ehlo_keywords(&self, keywords: &mut Vec<String>) {
+        self.inner.ehlo_keywords(keywords);
     }
 }
 
@@ -617,6 +650,175 @@ fn dot_stuff(data: &[u8]) -> Vec<u8> {
     }
     out.extend_from_slice(b".\r\n");
     out
+}
+
+/// The server's input path without sockets: raw bytes are framed exactly as the SMTP channel
+/// frames them (the chat layer's terminator search, CRLF lines, DATA ending at `CRLF.CRLF`
+/// primed by the `DATA` line's CRLF, over-long units discarded as they arrive) and fed to a
+/// [`Session`](crate::smtp::Session); every MAIL, RCPT and message is accepted with `250`.
+/// For property tests and fuzzing: feed any bytes, cut anywhere, and inspect what came out.
+///
+/// ```
+/// use smtpd::testing::SessionDriver;
+/// let mut d = SessionDriver::new(smtpd::smtp::Config::default());
+/// d.feed(b"HELO a\r\nMAIL FROM:<a@b>\r\nRCPT TO:<c@d>\r\nDATA\r\nhi\r\n.");
+/// assert!(d.messages().is_empty()); // no CRLF.CRLF yet
+/// d.feed(b"\r\nQUIT\r\n");
+/// assert_eq!(d.messages()[0].data, b"hi");
+/// assert!(d.is_closed());
+/// ```
+pub struct SessionDriver {
+    session: crate::smtp::Session,
+    framing: crate::chat::TerminatorFraming,
+    mode: crate::smtp::Framing,
+    input: Vec<u8>,
+    unit: Vec<u8>,
+    oversize: bool,
+    outputs: Vec<crate::smtp::Output>,
+    replies: Vec<Reply>,
+    messages: Vec<Message>,
+    closed: bool,
+    peak: usize,
+}
+
+impl std::fmt::Debug for SessionDriver {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SessionDriver")
+            .field("session", &self.session)
+            .field("replies", &self.replies.len())
+            .field("messages", &self.messages.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl SessionDriver {
+    /// A greeted session with `config` (which must pass [`Config::validate`]
+    /// (crate::smtp::Config::validate)), for a client at `192.0.2.1:25`.
+    pub fn new(config: crate::smtp::Config) -> SessionDriver {
+        use crate::chat::{Terminator, TerminatorFraming};
+        let peer = SocketAddr::from(([192, 0, 2, 1], 25));
+        let mut driver = SessionDriver {
+            session: crate::smtp::Session::new(std::sync::Arc::new(config), peer),
+            framing: TerminatorFraming::new(Terminator::bytes("\r\n")),
+            mode: crate::smtp::Framing::Line,
+            input: Vec::new(),
+            unit: Vec::new(),
+            oversize: false,
+            outputs: Vec::new(),
+            replies: Vec::new(),
+            messages: Vec::new(),
+            closed: false,
+            peak: 0,
+        };
+        driver.session.start(&mut driver.outputs);
+        driver.act();
+        driver
+    }
+
+    /// Feeds bytes as they might arrive in one read; input after a close is ignored.
+    pub fn feed(&mut self, bytes: &[u8]) {
+        self.input.extend_from_slice(bytes);
+        let input = std::mem::take(&mut self.input);
+        let mut used = 0;
+        while used < input.len() && !self.closed {
+            let rest = &input[used..];
+            let step = self.framing.step(rest);
+            if step.data > 0 {
+                self.collect(&rest[..step.data]);
+            }
+            used += step.consumed;
+            if !step.found {
+                break;
+            }
+            self.found_terminator();
+        }
+        self.input = if self.closed {
+            Vec::new()
+        } else {
+            input[used..].to_vec()
+        };
+        self.peak = self.peak.max(self.input.len());
+    }
+
+    fn collect(&mut self, data: &[u8]) {
+        if self.oversize {
+            return;
+        }
+        if let Some(limit) = self.session.input_limit() {
+            if self.unit.len() + data.len() > limit {
+                self.oversize = true;
+                self.unit = Vec::new();
+                return;
+            }
+        }
+        self.unit.extend_from_slice(data);
+        self.peak = self.peak.max(self.unit.len());
+    }
+
+    fn found_terminator(&mut self) {
+        let unit = std::mem::take(&mut self.unit);
+        if std::mem::take(&mut self.oversize) {
+            self.session.feed_oversize(&mut self.outputs);
+        } else {
+            match self.session.framing() {
+                crate::smtp::Framing::Line => self.session.feed_line(&unit, &mut self.outputs),
+                crate::smtp::Framing::Data => self.session.feed_data(&unit, &mut self.outputs),
+            }
+        }
+        self.act();
+    }
+
+    fn act(&mut self) {
+        use crate::smtp::Output;
+        while !self.outputs.is_empty() {
+            for output in std::mem::take(&mut self.outputs) {
+                match output {
+                    Output::Reply(reply) => self.replies.push(reply),
+                    Output::Message(message) => {
+                        self.messages.push(message);
+                        self.session.message_done(Reply::ok(), &mut self.outputs);
+                    }
+                    Output::CheckMail(_) | Output::CheckRcpt(_) => {
+                        self.session.check_done(Reply::ok(), &mut self.outputs);
+                    }
+                    Output::Command(_) => self.session.command_done(None, &mut self.outputs),
+                    Output::Close => self.closed = true,
+                }
+            }
+        }
+        let mode = self.session.framing();
+        if mode != self.mode {
+            self.mode = mode;
+            match mode {
+                crate::smtp::Framing::Line => {
+                    self.framing.set(crate::chat::Terminator::bytes("\r\n"));
+                }
+                crate::smtp::Framing::Data => self
+                    .framing
+                    .set_primed(crate::chat::Terminator::bytes("\r\n.\r\n"), 2),
+            }
+        }
+    }
+
+    /// Every reply so far, the greeting first.
+    pub fn replies(&self) -> &[Reply] {
+        &self.replies
+    }
+
+    /// Every message delivered so far.
+    pub fn messages(&self) -> &[Message] {
+        &self.messages
+    }
+
+    /// Whether the session closed (QUIT, or the error limit).
+    pub fn is_closed(&self) -> bool {
+        self.closed
+    }
+
+    /// The most input bytes held at once (the unit being collected, or an unframed leftover).
+    pub fn peak_buffered(&self) -> usize {
+        self.peak
+    }
 }
 
 #[cfg(test)]

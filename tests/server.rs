@@ -432,7 +432,10 @@ fn connections_beyond_the_limit_get_421() {
     let _a = Client::greeted(server.addrs[0]);
     let _b = Client::greeted(server.addrs[0]);
     let mut c = Client::connect(server.addrs[0]);
-    assert_eq!(c.line(), "421 test.example Error: too many connections");
+    assert_eq!(
+        c.line(),
+        "421 4.7.0 test.example Error: too many connections"
+    );
     assert!(c.at_eof());
     drop(_a);
     // Once a slot is free, new clients are served again.

@@ -27,6 +27,7 @@ mod outbuf;
 mod terminator;
 
 pub use outbuf::Producer;
+pub(crate) use terminator::Framing as TerminatorFraming;
 pub use terminator::Terminator;
 
 use std::any::{Any, TypeId};
@@ -84,6 +85,11 @@ pub struct ChatOptions {
     pub output_high_water: usize,
     /// Resume reading once pending output drops below this (default 64 KiB).
     pub output_low_water: usize,
+    /// Hard cap on queued output (default 1 MiB; 0: none). Reading stops at the high-water
+    /// mark, but input already read may still produce replies; a peer that never reads them
+    /// and pushes the queue past this cap is disconnected: its output is dropped and the
+    /// channel closes.
+    pub output_limit: usize,
 }
 
 impl Default for ChatOptions {
@@ -92,6 +98,7 @@ impl Default for ChatOptions {
             read_budget: 4 * SCRATCH_SIZE,
             output_high_water: 256 * 1024,
             output_low_water: 64 * 1024,
+            output_limit: 1024 * 1024,
         }
     }
 }
@@ -105,18 +112,26 @@ pub struct ChatCtl {
     paused: bool,
     closing: bool,
     throttled: bool,
+    /// The output cap was exceeded: output is dropped and the channel closes.
+    overflowed: bool,
     options: ChatOptions,
 }
 
 impl ChatCtl {
     /// Queues bytes for output (`async_chat.push`).
     pub fn push(&mut self, data: &[u8]) {
+        if self.overflowed {
+            return;
+        }
         self.out.push(data);
         self.update_throttle();
     }
 
     /// Queues an owned buffer for output without copying large ones.
     pub fn push_vec(&mut self, data: Vec<u8>) {
+        if self.overflowed {
+            return;
+        }
         self.out.push_vec(data);
         self.update_throttle();
     }
@@ -184,8 +199,22 @@ impl ChatCtl {
         self.update_throttle();
     }
 
+    /// Whether the channel is being closed because its output passed
+    /// [`ChatOptions::output_limit`].
+    pub fn is_overflowed(&self) -> bool {
+        self.overflowed
+    }
+
     fn update_throttle(&mut self) {
         let len = self.out.len();
+        let limit = self.options.output_limit;
+        if limit != 0 && len > limit && !self.overflowed {
+            log::warn!("{len} bytes of output queued, above the cap of {limit}: closing");
+            self.overflowed = true;
+            self.out.clear();
+            self.closing = true;
+            return;
+        }
         if len > self.options.output_high_water {
             self.throttled = true;
         } else if len <= self.options.output_low_water {
@@ -254,6 +283,7 @@ impl<S: Stream> Chat<S> {
                 paused: false,
                 closing: false,
                 throttled: false,
+                overflowed: false,
                 options,
             },
             peer_closed: false,

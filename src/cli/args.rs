@@ -41,6 +41,35 @@ pub struct Options {
     pub open_relay: bool,
     /// `--upstream-timeout SECS`: connect and reply timeout towards the upstream.
     pub upstream_timeout: Option<u64>,
+    /// The `--limit-*`, `--greeting-delay` and `--backlog` options; `None` keeps the
+    /// library default (see `docs/limits.md`).
+    pub limits: Limits,
+}
+
+/// Limits given on the command line (our additions; `None`: the library default).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Limits {
+    /// `--limit-connections N` (0: none).
+    pub connections: Option<u64>,
+    /// `--limit-per-ip N` (0: none).
+    pub per_ip: Option<u64>,
+    /// `--limit-errors N` (0: none).
+    pub errors: Option<u64>,
+    /// `--limit-recipients N` (0: none).
+    pub recipients: Option<u64>,
+    /// `--limit-data-memory BYTES` (0: none).
+    pub data_memory: Option<u64>,
+    /// `--limit-command-timeout SECS` (0: none).
+    pub command_timeout: Option<u64>,
+    /// `--limit-data-timeout SECS` (0: none).
+    pub data_timeout: Option<u64>,
+    /// `--limit-data-rate BYTES_PER_SEC` (0: none).
+    pub data_rate: Option<u64>,
+    /// `--greeting-delay MILLISECONDS` (0: none).
+    pub greeting_delay_ms: Option<u64>,
+    /// `--backlog N`.
+    pub backlog: Option<u64>,
 }
 
 impl Default for Options {
@@ -60,12 +89,14 @@ impl Default for Options {
             trusted: Vec::new(),
             open_relay: false,
             upstream_timeout: None,
+            limits: Limits::default(),
         }
     }
 }
 
 /// The outcome of a successful parse.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[allow(clippy::large_enum_variant)] // built once per process
 pub enum Parsed {
     /// Run the server with these options.
     Run(Options),
@@ -112,6 +143,16 @@ const LONG_OPTIONS: &[(&str, bool)] = &[
     ("trusted", true),
     ("open-relay", false),
     ("upstream-timeout", true),
+    ("limit-connections", true),
+    ("limit-per-ip", true),
+    ("limit-errors", true),
+    ("limit-recipients", true),
+    ("limit-data-memory", true),
+    ("limit-command-timeout", true),
+    ("limit-data-timeout", true),
+    ("limit-data-rate", true),
+    ("greeting-delay", true),
+    ("backlog", true),
 ];
 
 /// One recognised option, collected before any of them takes effect.
@@ -127,6 +168,8 @@ enum Opt {
     Trusted(OsString),
     OpenRelay,
     UpstreamTimeout(OsString),
+    /// A numeric limit: its long name and value.
+    Limit(&'static str, OsString),
 }
 
 /// Builds the option from its canonical name (short letter or full long name).
@@ -142,6 +185,25 @@ fn make_opt(name: &str, value: Option<OsString>) -> Opt {
         ("trusted", v) => Opt::Trusted(v.unwrap_or_default()),
         ("open-relay", _) => Opt::OpenRelay,
         ("upstream-timeout", v) => Opt::UpstreamTimeout(v.unwrap_or_default()),
+        (
+            name @ ("limit-connections"
+            | "limit-per-ip"
+            | "limit-errors"
+            | "limit-recipients"
+            | "limit-data-memory"
+            | "limit-command-timeout"
+            | "limit-data-timeout"
+            | "limit-data-rate"
+            | "greeting-delay"
+            | "backlog"),
+            v,
+        ) => {
+            let name = LONG_OPTIONS
+                .iter()
+                .find(|(n, _)| *n == name)
+                .map_or("backlog", |(n, _)| n);
+            Opt::Limit(name, v.unwrap_or_default())
+        }
         (_, v) => Opt::Size(v.unwrap_or_default()),
     }
 }
@@ -351,6 +413,32 @@ pub fn parse_args<I: IntoIterator<Item = OsString>>(
                     ))
                 })?);
             }
+            Opt::Limit(name, arg) => {
+                let value = arg
+                    .to_str()
+                    .and_then(py_int)
+                    .and_then(|n| u64::try_from(n).ok())
+                    .ok_or_else(|| {
+                        with_usage(format!(
+                            "Invalid value for --{name}: {}",
+                            arg.to_string_lossy()
+                        ))
+                    })?;
+                let l = &mut options.limits;
+                let slot = match name {
+                    "limit-connections" => &mut l.connections,
+                    "limit-per-ip" => &mut l.per_ip,
+                    "limit-errors" => &mut l.errors,
+                    "limit-recipients" => &mut l.recipients,
+                    "limit-data-memory" => &mut l.data_memory,
+                    "limit-command-timeout" => &mut l.command_timeout,
+                    "limit-data-timeout" => &mut l.data_timeout,
+                    "limit-data-rate" => &mut l.data_rate,
+                    "greeting-delay" => &mut l.greeting_delay_ms,
+                    _ => &mut l.backlog,
+                };
+                *slot = Some(value);
+            }
             Opt::Size(arg) => {
                 let size = arg.to_str().and_then(parse_size);
                 options.size_limit = Some(size.ok_or_else(|| CliError {
@@ -455,6 +543,23 @@ Relay options (PureProxy; not in Python's smtpd):
         Give up on an upstream that does not connect or answer within SECS
         seconds (default 30 to connect, 60 per reply, 120 after the data).
 
+Limits (not in Python's smtpd; defaults and replies in docs/limits.md; 0 = none):
+
+    --limit-connections N     simultaneous connections (default: the
+                              descriptor limit less 64)
+    --limit-per-ip N          connections per client address (default 50;
+                              loopback and --trusted networks exempt)
+    --limit-errors N          protocol errors before 421 (default 20)
+    --limit-recipients N      recipients per message (default 100)
+    --limit-data-memory BYTES message data held in memory at once, all
+                              connections together (default 536870912)
+    --limit-command-timeout SECS  time for each command line (default 300)
+    --limit-data-timeout SECS     silence allowed inside DATA (default 300)
+    --limit-data-rate BYTES   least average DATA rate per second (default 500)
+    --greeting-delay MS       hold the greeting back; clients talking
+                              before it get 554 (default 0: off)
+    --backlog N               listen backlog (default 1024)
+
 The local address defaults to localhost:8025 and the remote address to
 localhost:25. Either port may be given without a host (`:8025') to mean
 all interfaces; put an IPv6 address in brackets, as in [::1]:8025.
@@ -482,6 +587,34 @@ mod tests {
             Err(e) => e,
             other => panic!("{args:?}: expected error, got {other:?}"),
         }
+    }
+
+    #[test]
+    fn limit_options() {
+        let o = run(&[
+            "--limit-errors",
+            "5",
+            "--limit-per-ip=0",
+            "--limit-data-memory",
+            "1_000",
+            "--greeting-delay",
+            "250",
+            "--backlog",
+            "4096",
+            "--limit-command-timeout",
+            "60",
+        ]);
+        assert_eq!(o.limits.errors, Some(5));
+        assert_eq!(o.limits.per_ip, Some(0));
+        assert_eq!(o.limits.data_memory, Some(1000));
+        assert_eq!(o.limits.greeting_delay_ms, Some(250));
+        assert_eq!(o.limits.backlog, Some(4096));
+        assert_eq!(o.limits.command_timeout, Some(60));
+        assert_eq!(o.limits.connections, None);
+        let e = err(&["--limit-errors", "-1"]);
+        assert_eq!(e.message, "Invalid value for --limit-errors: -1");
+        // CPython's prefixes still resolve as before.
+        assert!(run(&["--d"]).debug);
     }
 
     #[test]

@@ -7,7 +7,7 @@
 
 mod args;
 
-pub use args::{parse_args, parse_spec, usage_text, CliError, Options, Parsed};
+pub use args::{parse_args, parse_spec, usage_text, CliError, Limits, Options, Parsed};
 
 use std::cell::RefCell;
 use std::ffi::OsString;
@@ -142,6 +142,46 @@ fn pure_proxy(args: &ClassArgs<'_>) -> Result<PureProxy, String> {
     Ok(PureProxy::new(upstream, options))
 }
 
+/// Applies the `--limit-*`, `--greeting-delay` and `--backlog` options.
+fn apply_limits(limits: &Limits, o: &mut ServerOptions) -> Result<(), String> {
+    let size = |n: u64| usize::try_from(n).unwrap_or(usize::MAX);
+    let secs = |n: u64| (n > 0).then(|| Duration::from_secs(n));
+    if let Some(n) = limits.connections {
+        o.max_connections = size(n);
+    }
+    if let Some(n) = limits.per_ip {
+        o.max_connections_per_ip = size(n);
+    }
+    if let Some(n) = limits.errors {
+        o.session.max_errors = size(n);
+    }
+    if let Some(n) = limits.recipients {
+        o.session.max_recipients = size(n);
+    }
+    if let Some(n) = limits.data_memory {
+        o.data_memory_limit = size(n);
+    }
+    if let Some(n) = limits.command_timeout {
+        o.idle_timeout = secs(n);
+    }
+    if let Some(n) = limits.data_timeout {
+        o.data_timeout = secs(n);
+    }
+    if let Some(n) = limits.data_rate {
+        o.min_data_rate = size(n);
+    }
+    if let Some(n) = limits.greeting_delay_ms {
+        o.greeting_delay = (n > 0).then(|| Duration::from_millis(n));
+    }
+    if let Some(n) = limits.backlog {
+        o.backlog = i32::try_from(n)
+            .ok()
+            .filter(|&b| b > 0)
+            .ok_or_else(|| format!("Invalid backlog: {n}"))?;
+    }
+    Ok(())
+}
+
 fn resolve(host: &str, port: u16) -> Option<SocketAddr> {
     let host = if host.is_empty() { "0.0.0.0" } else { host };
     (host, port).to_socket_addrs().ok()?.next()
@@ -204,7 +244,21 @@ fn serve(options: &Options, classes: &Classes) -> Result<(), String> {
     })?;
     let remote = resolve(&options.remotehost, options.remoteport);
     let server = classes.build(&options.classname, &ClassArgs { options, remote })?;
+    // Before the options are built: their connection cap follows the descriptor limit.
+    match crate::server::raise_fd_limit() {
+        Ok(n) => log::debug!("descriptor limit {n}"),
+        Err(e) => log::warn!("cannot raise the descriptor limit: {e}"),
+    }
     let mut server_options = ServerOptions::default();
+    apply_limits(&options.limits, &mut server_options)?;
+    for net in &options.trusted {
+        if let Ok(net) = net
+            .parse::<IpNet>()
+            .or_else(|_| net.parse::<std::net::IpAddr>().map(IpNet::from))
+        {
+            server_options.trusted_networks.push(net);
+        }
+    }
     server_options.session.product = VERSION.to_string();
     server_options.session.data_size_limit = options.size_limit.unwrap_or(DATA_SIZE_DEFAULT);
     server_options.session.enable_smtputf8 = options.enable_smtputf8;

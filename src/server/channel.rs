@@ -7,6 +7,7 @@ use std::net::SocketAddr;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::rc::Rc;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use super::listener::{ChannelShutdown, ListenerShared};
 use super::{
@@ -32,6 +33,14 @@ struct Pending {
     kind: Kind,
 }
 
+/// The clock of a DATA phase: silence and minimum-rate deadlines.
+struct DataClock {
+    timer: TimerId,
+    started: Instant,
+    last: Instant,
+    bytes: usize,
+}
+
 /// The protocol half of one SMTP connection (Python's `SMTPChannel`).
 pub(crate) struct SmtpChannel {
     session: Session,
@@ -54,6 +63,16 @@ pub(crate) struct SmtpChannel {
     in_transaction: bool,
     /// The open transaction's message reached the server.
     delivered: bool,
+    /// The greeting is held back (`ServerOptions::greeting_delay`) until this timer fires.
+    greeting: Option<TimerId>,
+    /// The client sent something before the greeting.
+    early: bool,
+    /// Deadlines of the DATA phase in progress.
+    data_clock: Option<DataClock>,
+    /// Bytes of `unit`'s capacity counted in the listener's data memory.
+    held: usize,
+    /// The message being received did not fit in the data memory limit: it is discarded.
+    over_budget: bool,
 }
 
 impl SmtpChannel {
@@ -79,6 +98,11 @@ impl SmtpChannel {
             shutting_down: false,
             in_transaction: false,
             delivered: false,
+            greeting: None,
+            early: false,
+            data_clock: None,
+            held: 0,
+            over_budget: false,
         }
     }
 
@@ -114,7 +138,120 @@ impl SmtpChannel {
             }
         }
         self.sync_framing(chat);
+        self.sync_data_clock(ctx);
         self.track_transaction(ctx);
+    }
+
+    /// Starts the DATA deadlines when the body begins, stops them when it is over. While they
+    /// run, the command (idle) timer is off.
+    fn sync_data_clock(&mut self, ctx: &mut Ctx<'_>) {
+        let in_data = self.session.framing() == Framing::Data && !self.session.is_waiting();
+        match (&self.data_clock, in_data) {
+            (None, true) => {
+                let Some(timeout) = self.shared.options.data_timeout else {
+                    return;
+                };
+                if let Some(idle) = self.idle.take() {
+                    ctx.cancel_timer(idle);
+                }
+                let now = Instant::now();
+                self.data_clock = Some(DataClock {
+                    timer: ctx.set_timer(timeout),
+                    started: now,
+                    last: now,
+                    bytes: 0,
+                });
+            }
+            (Some(_), false) => {
+                if let Some(clock) = self.data_clock.take() {
+                    ctx.cancel_timer(clock.timer);
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// The DATA timer fired: whether the client is too slow or silent; otherwise re-armed.
+    fn data_deadline_passed(&mut self, ctx: &mut Ctx<'_>) -> bool {
+        let (Some(clock), Some(timeout)) =
+            (self.data_clock.as_mut(), self.shared.options.data_timeout)
+        else {
+            return false;
+        };
+        let now = Instant::now();
+        let silent_until = clock.last + timeout;
+        let mut due = silent_until;
+        let rate = self.shared.options.min_data_rate;
+        if rate > 0 {
+            let credit = Duration::from_secs_f64(clock.bytes as f64 / rate as f64);
+            due = due.min(clock.started + timeout + credit);
+        }
+        if now >= due {
+            log::info!(
+                "{}: DATA too slow ({} bytes in {:?}); closing",
+                self.peer,
+                clock.bytes,
+                now - clock.started
+            );
+            return true;
+        }
+        clock.timer = ctx.set_timer(due - now);
+        false
+    }
+
+    /// Makes room for `n` more bytes of message data in `unit`, within the listener's data
+    /// memory limit; false when there is none.
+    fn reserve_data(&mut self, n: usize) -> bool {
+        let needed = self.unit.len() + n;
+        let cap = self.unit.capacity();
+        if needed <= cap {
+            return true;
+        }
+        let limit = self.shared.options.data_memory_limit;
+        let used = self.shared.data_memory.get();
+        // Grow geometrically, but never past the message size limit, nor past the budget when
+        // the exact size still fits.
+        let ceiling = self.session.input_limit().unwrap_or(usize::MAX).max(needed);
+        let mut target = needed.max(cap.saturating_mul(2)).max(4096).min(ceiling);
+        if limit != 0 && used + (target - cap) > limit {
+            if used + (needed - cap) > limit {
+                return false;
+            }
+            target = needed;
+        }
+        self.unit.reserve_exact(target - self.unit.len());
+        let grown = self.unit.capacity() - cap;
+        self.held += grown;
+        self.shared.data_memory.set(used + grown);
+        true
+    }
+
+    /// Gives the memory counted for `unit` back to the listener.
+    fn release_data(&mut self) {
+        let held = std::mem::take(&mut self.held);
+        let used = self.shared.data_memory.get();
+        self.shared.data_memory.set(used - held);
+    }
+
+    fn timeout_reply(&self) -> Reply {
+        Reply::new(421, format!("{} Error: timeout exceeded", self.hostname()))
+    }
+
+    /// The client talked before the greeting: `554` instead of `220`, then close.
+    fn refuse_early_talker(&mut self, chat: &mut ChatCtl, ctx: &mut Ctx<'_>) {
+        log::info!("{}: talked before the greeting; closing", self.peer);
+        if let Some(timer) = self.greeting.take() {
+            ctx.cancel_timer(timer);
+        }
+        let reply = Reply::new(
+            554,
+            format!(
+                "5.5.0 {} Error: talked before the greeting",
+                self.hostname()
+            ),
+        );
+        self.push_reply(chat, &reply);
+        chat.close_when_done();
     }
 
     /// Tells the server when a transaction ends without its message reaching it.
@@ -381,23 +518,51 @@ impl SmtpChannel {
 
 impl ChatHandler for SmtpChannel {
     fn collect_incoming_data(&mut self, data: &[u8]) {
-        if self.oversize {
+        if self.greeting.is_some() {
+            self.early = true;
+            return;
+        }
+        let in_data = self.framing == Framing::Data;
+        if in_data {
+            if let Some(clock) = &mut self.data_clock {
+                clock.bytes += data.len();
+                clock.last = Instant::now();
+            }
+        }
+        if self.oversize || self.over_budget {
             return;
         }
         if let Some(limit) = self.session.input_limit() {
             if self.unit.len() + data.len() > limit {
                 self.oversize = true;
                 self.unit = Vec::new();
+                self.release_data();
                 return;
             }
+        }
+        if in_data && !self.reserve_data(data.len()) {
+            log::warn!(
+                "{}: message data memory limit reached; discarding this message",
+                self.peer
+            );
+            self.over_budget = true;
+            self.unit = Vec::new();
+            self.release_data();
+            return;
         }
         self.unit.extend_from_slice(data);
     }
 
     fn found_terminator(&mut self, chat: &mut ChatCtl, ctx: &mut Ctx<'_>) {
+        if self.greeting.is_some() || self.early {
+            return self.refuse_early_talker(chat, ctx);
+        }
         self.arm_idle(ctx);
         if std::mem::take(&mut self.oversize) {
             self.session.feed_oversize(&mut self.outputs);
+        } else if std::mem::take(&mut self.over_budget) {
+            let reply = Reply::new(452, "4.3.1 Insufficient system storage");
+            self.session.feed_data_refused(reply, &mut self.outputs);
         } else {
             let unit = std::mem::take(&mut self.unit);
             match self.session.framing() {
@@ -417,6 +582,8 @@ impl ChatHandler for SmtpChannel {
                 Framing::Data => {
                     log::debug!("{} data: {} bytes", self.peer, unit.len());
                     self.session.feed_data(&unit, &mut self.outputs);
+                    drop(unit);
+                    self.release_data();
                 }
             }
         }
@@ -449,6 +616,11 @@ impl ChatHandler for SmtpChannel {
             chat.close_when_done();
             return;
         }
+        if let Some(delay) = self.shared.options.greeting_delay {
+            self.greeting = Some(ctx.set_timer(delay));
+            self.arm_idle(ctx);
+            return;
+        }
         self.session.start(&mut self.outputs);
         self.act(chat, ctx);
         self.arm_idle(ctx);
@@ -458,9 +630,24 @@ impl ChatHandler for SmtpChannel {
         if self.idle == Some(timer) {
             self.idle = None;
             log::info!("{}: idle timeout", self.peer);
-            let reply = Reply::new(421, format!("{} Error: timeout exceeded", self.hostname()));
+            let reply = self.timeout_reply();
             self.push_reply(chat, &reply);
             chat.close_when_done();
+        } else if self.greeting == Some(timer) {
+            self.greeting = None;
+            if self.early {
+                self.refuse_early_talker(chat, ctx);
+            } else {
+                self.session.start(&mut self.outputs);
+                self.act(chat, ctx);
+            }
+        } else if self.data_clock.as_ref().is_some_and(|c| c.timer == timer) {
+            if self.data_deadline_passed(ctx) {
+                self.data_clock = None;
+                let reply = self.timeout_reply();
+                self.push_reply(chat, &reply);
+                chat.close_when_done();
+            }
         } else if self.pending.as_ref().is_some_and(|p| p.timer == timer) {
             let pending = self.pending.take().expect("checked above");
             log::warn!(
@@ -497,9 +684,15 @@ impl ChatHandler for SmtpChannel {
             ctx.cancel_timer(pending.timer);
         }
         // Timers of a closed dispatcher would be dropped when due; cancelling frees them now.
-        for timer in [self.idle.take(), self.shutdown.take()]
-            .into_iter()
-            .flatten()
+        let data_timer = self.data_clock.take().map(|c| c.timer);
+        for timer in [
+            self.idle.take(),
+            self.shutdown.take(),
+            self.greeting.take(),
+            data_timer,
+        ]
+        .into_iter()
+        .flatten()
         {
             ctx.cancel_timer(timer);
         }
@@ -507,6 +700,9 @@ impl ChatHandler for SmtpChannel {
             self.notify_server(ctx, |server, cx| server.on_reset(cx));
         }
         self.notify_server(ctx, |server, cx| server.on_disconnect(cx));
+        self.unit = Vec::new();
+        self.release_data();
         self.shared.channels.borrow_mut().remove(&ctx.handle());
+        self.shared.connection_closed(self.peer.ip().to_canonical());
     }
 }

@@ -1,10 +1,11 @@
 //! [`Listener`]: the accepting half of `smtpd.SMTPServer`, and graceful shutdown.
 
 use std::any::Any;
+use std::cell::Cell;
 use std::cell::RefCell;
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::io::{self, Write};
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Duration;
@@ -24,6 +25,52 @@ pub(crate) struct ListenerShared {
     pub(crate) options: ServerOptions,
     pub(crate) config: Arc<Config>,
     pub(crate) channels: RefCell<HashSet<Handle>>,
+    /// Open connections per client address.
+    pub(crate) per_ip: RefCell<HashMap<IpAddr, usize>>,
+    /// Bytes of message data held by all channels (see `ServerOptions::data_memory_limit`).
+    pub(crate) data_memory: Cell<usize>,
+}
+
+impl ListenerShared {
+    /// Whether `ip` is exempt from the per-address connection cap.
+    fn is_trusted(&self, ip: IpAddr) -> bool {
+        self.options
+            .trusted_networks
+            .iter()
+            .any(|n| n.contains(&ip))
+    }
+
+    /// A channel for a client at `ip` closed.
+    pub(crate) fn connection_closed(&self, ip: IpAddr) {
+        let mut per_ip = self.per_ip.borrow_mut();
+        if let Some(n) = per_ip.get_mut(&ip) {
+            *n -= 1;
+            if *n == 0 {
+                per_ip.remove(&ip);
+            }
+        }
+    }
+
+    /// The refusal for a new connection from `ip`, if a connection cap is reached.
+    fn refusal(&self, ip: IpAddr) -> Option<String> {
+        let host = &self.options.session.hostname;
+        let max = self.options.max_connections;
+        if max > 0 && self.channels.borrow().len() >= max {
+            log::warn!("{ip}: refused, {max} connections already open");
+            return Some(format!("421 4.7.0 {host} Error: too many connections\r\n"));
+        }
+        let per_ip = self.options.max_connections_per_ip;
+        if per_ip > 0
+            && self.per_ip.borrow().get(&ip).copied().unwrap_or(0) >= per_ip
+            && !self.is_trusted(ip)
+        {
+            log::warn!("{ip}: refused, {per_ip} connections from it already open");
+            return Some(format!(
+                "421 4.7.0 {host} Error: too many connections from {ip}\r\n"
+            ));
+        }
+        None
+    }
 }
 
 /// Ask a [`Listener`] to shut down gracefully: send it with [`Reactor::notify`] or
@@ -55,7 +102,7 @@ pub struct Listener {
 
 impl Listener {
     /// Binds `addr` (port 0 picks a free port) with a listen backlog of
-    /// [`LISTEN_BACKLOG`](crate::reactor::LISTEN_BACKLOG) and starts serving on `reactor`.
+    /// [`ServerOptions::backlog`] and starts serving on `reactor`.
     ///
     /// # Errors
     /// When the address cannot be bound, or `options.session` is inconsistent
@@ -66,7 +113,7 @@ impl Listener {
         server: Rc<RefCell<dyn SmtpServer>>,
         options: ServerOptions,
     ) -> io::Result<Listener> {
-        let listener = crate::reactor::bind_tcp(addr, crate::reactor::LISTEN_BACKLOG)?;
+        let listener = crate::reactor::bind_tcp(addr, options.backlog)?;
         Listener::adopt(reactor, listener, server, options)
     }
 
@@ -108,20 +155,19 @@ impl Listener {
             config: Arc::new(config),
             options,
             channels: RefCell::new(HashSet::new()),
+            per_ip: RefCell::new(HashMap::new()),
+            data_memory: Cell::new(0),
         });
-        let busy = format!(
-            "421 {} Error: too many connections\r\n",
-            shared.options.session.hostname
-        );
         let accept_shared = shared.clone();
         let on_accept: AcceptFn = Box::new(move |mut stream, peer, ctx| {
             let shared = &accept_shared;
-            let max = shared.options.max_connections;
-            if max > 0 && shared.channels.borrow().len() >= max {
-                log::warn!("{peer}: refused, {max} connections already open");
-                let _ = stream.write(busy.as_bytes());
+            let ip = peer.ip().to_canonical();
+            if let Some(refusal) = shared.refusal(ip) {
+                // A fresh socket has room for one line; the stream closes when dropped.
+                let _ = stream.write(refusal.as_bytes());
                 return;
             }
+            *shared.per_ip.borrow_mut().entry(ip).or_insert(0) += 1;
             let _ = stream.set_nodelay(true);
             let channel =
                 SmtpChannel::new(shared.config.clone(), server.clone(), shared.clone(), peer);

@@ -310,38 +310,127 @@ impl Drop for Ticket {
     }
 }
 
+/// Descriptors kept free when [`ServerOptions::max_connections`] is derived from the
+/// descriptor limit: the listener, the epoll and waker descriptors, log files, the acceptor's
+/// reserve, outgoing relay connections.
+pub const FD_RESERVE: usize = 64;
+
+/// The default [`ServerOptions::max_connections`]: the process's soft `RLIMIT_NOFILE` minus
+/// [`FD_RESERVE`] (at least 1), so the connection cap is reached before descriptors run out.
+/// The `smtpd` binary raises the soft limit to the hard one first
+/// ([`raise_fd_limit`]). 0 (no cap) when the limit cannot be read.
+pub fn fd_connection_limit() -> usize {
+    use nix::sys::resource::{getrlimit, Resource};
+    match getrlimit(Resource::RLIMIT_NOFILE) {
+        Ok((soft, _)) => usize::try_from(soft)
+            .unwrap_or(usize::MAX)
+            .saturating_sub(FD_RESERVE)
+            .max(1),
+        Err(_) => 0,
+    }
+}
+
+/// Raises the soft `RLIMIT_NOFILE` to the hard limit and returns the new soft limit. The
+/// `smtpd` binary calls it at start-up, before it builds its [`ServerOptions`].
+///
+/// # Errors
+/// When the limit cannot be read or set.
+pub fn raise_fd_limit() -> std::io::Result<u64> {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    let (soft, hard) = getrlimit(Resource::RLIMIT_NOFILE)?;
+    if soft < hard {
+        setrlimit(Resource::RLIMIT_NOFILE, hard, hard)?;
+    }
+    Ok(hard.max(soft))
+}
+
 /// How a [`Listener`] and its channels behave. `Default` gives CPython's defaults plus the
-/// timeouts CPython lacked.
+/// limits and timeouts CPython lacked; `docs/limits.md` lists every limit, its default and
+/// its reply.
 #[derive(Clone, Debug)]
 #[non_exhaustive]
 pub struct ServerOptions {
-    /// The protocol settings: hostname, greeting, size limit, SMTPUTF8, decode_data, ...
+    /// The protocol settings: hostname, greeting, size limit, SMTPUTF8, decode_data, and the
+    /// session's limits (recipients, errors).
     pub session: Config,
-    /// Close a connection that sends nothing for this long, with `421` (RFC 5321 4.5.3.2.7
-    /// wants at least 5 minutes). `None` never times out. Default 5 minutes.
+    /// The command timeout: a client must complete each command line within this long of the
+    /// previous one (or of the greeting), else `421` and close (RFC 5321 4.5.3.2.7 wants at
+    /// least 5 minutes). A client trickling one byte at a time is closed by it too. `None`
+    /// never times out. Default 5 minutes.
     pub idle_timeout: Option<Duration>,
+    /// Inside DATA: the longest silence (no byte at all) before `421` and close. `None`: no
+    /// limit. Default 5 minutes (RFC 5321 4.5.3.2.7).
+    pub data_timeout: Option<Duration>,
+    /// Inside DATA: the least average rate, in bytes per second. The body must be complete
+    /// within [`data_timeout`](Self::data_timeout) plus one second per `min_data_rate` bytes
+    /// received, else `421` and close — a client trickling its message cannot hold the
+    /// connection for ever. 0: no minimum. Default 500 (Postfix's `smtpd_min_data_rate`).
+    pub min_data_rate: usize,
     /// How long a deferred answer may take before the client gets `451`. Default 4 minutes:
     /// shorter than the 10 minutes a client waits after sending the final `.` (RFC 5321
     /// 4.5.3.2.6), so the client hears `451` rather than timing out and guessing.
     pub defer_timeout: Duration,
-    /// Buffering limits of each connection.
+    /// Wait this long before the `220` greeting; a client that sends anything before it (an
+    /// "early talker", typically spamware that does not wait) gets `554` and is closed. `None`
+    /// (the default) greets at once, as CPython does.
+    pub greeting_delay: Option<Duration>,
+    /// Buffering limits of each connection (including the hard cap on queued output).
     pub chat: ChatOptions,
-    /// Most simultaneous connections; further ones get `421` and are closed. 0 = no limit.
-    /// Default 0.
+    /// Most simultaneous connections; further ones get `421 4.7.0` and are closed, and the
+    /// listener accepts again as soon as one closes. 0 = no limit. Default
+    /// [`fd_connection_limit`] (the descriptor limit less a reserve).
     pub max_connections: usize,
+    /// Most simultaneous connections from one client address; further ones get `421 4.7.0`.
+    /// Addresses in [`trusted_networks`](Self::trusted_networks) (loopback by default) are
+    /// exempt.
+    /// 0 = no limit. Default 50 (Postfix's `smtpd_client_connection_count_limit`).
+    pub max_connections_per_ip: usize,
+    /// Networks exempt from [`max_connections_per_ip`](Self::max_connections_per_ip).
+    /// Default: loopback (`127.0.0.0/8`, `::1/128`); the `smtpd` command adds its `--trusted`
+    /// networks.
+    pub trusted_networks: Vec<ipnet::IpNet>,
+    /// Most bytes of message data the listener's connections may hold in memory at once,
+    /// together. A message that would go beyond it is discarded as it arrives and answered
+    /// `452 4.3.1 Insufficient system storage` (the client retries later). 0: no limit.
+    /// Default 512 MiB.
+    pub data_memory_limit: usize,
+    /// The listen backlog of [`Listener::bind`]. Default
+    /// [`LISTEN_BACKLOG`](crate::reactor::LISTEN_BACKLOG) (1024; the kernel caps it at
+    /// `net.core.somaxconn`).
+    pub backlog: i32,
 }
+
+/// `127.0.0.0/8` and `::1/128`: the default [`ServerOptions::trusted_networks`].
+pub fn loopback_networks() -> Vec<ipnet::IpNet> {
+    vec![
+        ipnet::IpNet::V4(ipnet::Ipv4Net::new(std::net::Ipv4Addr::LOCALHOST, 8).expect("valid")),
+        ipnet::IpNet::V6(ipnet::Ipv6Net::new(std::net::Ipv6Addr::LOCALHOST, 128).expect("valid")),
+    ]
+}
+
+/// Default [`ServerOptions::data_memory_limit`].
+pub const DATA_MEMORY_LIMIT: usize = 512 * 1024 * 1024;
 
 impl Default for ServerOptions {
     fn default() -> Self {
         ServerOptions {
             session: Config {
                 hostname: fqdn(),
+                max_recipients: 100,
+                max_errors: 20,
                 ..Config::default()
             },
             idle_timeout: Some(Duration::from_secs(300)),
+            data_timeout: Some(Duration::from_secs(300)),
+            min_data_rate: 500,
             defer_timeout: Duration::from_secs(240),
+            greeting_delay: None,
             chat: ChatOptions::default(),
-            max_connections: 0,
+            max_connections: fd_connection_limit(),
+            max_connections_per_ip: 50,
+            trusted_networks: loopback_networks(),
+            data_memory_limit: DATA_MEMORY_LIMIT,
+            backlog: crate::reactor::LISTEN_BACKLOG,
         }
     }
 }

@@ -50,6 +50,10 @@ pub struct Config {
     pub lf_newlines: bool,
     /// Largest number of recipients per transaction; 0 means no limit.
     pub max_recipients: usize,
+    /// After this many protocol errors (replies 500–504 and 555: unknown commands, bad
+    /// syntax, bad sequence, over-long lines) the session answers
+    /// `421 4.7.0 <hostname> Error: too many errors` and closes; 0 means no limit.
+    pub max_errors: usize,
     /// Policy for lone LF bytes in the message body.
     pub bare_lf: BareLf,
     /// Ask the caller to decide each syntactically valid MAIL FROM
@@ -76,6 +80,7 @@ impl Default for Config {
             decode_data: false,
             lf_newlines: false,
             max_recipients: 0,
+            max_errors: 0,
             bare_lf: BareLf::Reject,
             check_mail: false,
             check_rcpt: false,

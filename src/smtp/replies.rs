@@ -228,6 +228,20 @@ pub fn default_ehlo_keywords(config: &Config) -> Vec<String> {
     lines
 }
 
+/// After `max_errors` protocol errors (not in CPython); the connection closes.
+pub fn too_many_errors(config: &Config) -> Reply {
+    Reply::new(
+        421,
+        format!("4.7.0 {} Error: too many errors", config.hostname),
+    )
+}
+
+/// Whether a reply to a command line counts as a protocol error for `max_errors`: unknown
+/// command, syntax error, bad sequence, unknown parameter.
+pub fn is_protocol_error(code: u16) -> bool {
+    matches!(code, 500..=504 | 555)
+}
+
 /// `500 Error: command "{command}" not recognized`; `command` must already
 /// be made safe to echo.
 pub fn command_not_recognized(command: &str) -> Reply {

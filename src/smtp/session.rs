@@ -141,6 +141,8 @@ pub struct Session {
     state: State,
     /// A MAIL or RCPT waiting for [`Session::check_done`].
     pending: Option<Pending>,
+    /// Protocol errors so far (see [`Config::max_errors`]).
+    errors: usize,
 }
 
 impl fmt::Debug for Session {
@@ -172,6 +174,7 @@ impl Session {
             mail_limit: COMMAND_SIZE_LIMIT,
             state: State::Command { envelope: None },
             pending: None,
+            errors: 0,
         }
     }
 
@@ -264,7 +267,42 @@ impl Session {
     /// containing a CR or LF, lines that are not UTF-8, and empty lines get
     /// `500 Error: bad syntax`. Ignored after QUIT; a caller bug in the
     /// other non-command states.
+    ///
+    /// With [`Config::max_errors`], the reply that makes the error count reach the limit is
+    /// followed by `421 4.7.0 ... too many errors` and [`Output::Close`].
     pub fn feed_line(&mut self, line: &[u8], out: &mut Vec<Output>) {
+        let before = out.len();
+        self.command_line(line, out);
+        self.count_errors(before, out);
+    }
+
+    /// Counts the protocol errors among `out[before..]`; closes the session at the limit.
+    fn count_errors(&mut self, before: usize, out: &mut Vec<Output>) {
+        let errors = out[before..]
+            .iter()
+            .filter(|o| matches!(o, Output::Reply(r) if replies::is_protocol_error(r.code)))
+            .count();
+        self.errors += errors;
+        let max = self.config.max_errors;
+        if errors > 0 && max != 0 && self.errors >= max && !self.is_closed() {
+            log::info!(
+                "smtp {}: {} protocol errors; closing",
+                self.peer,
+                self.errors
+            );
+            out.push(Output::Reply(replies::too_many_errors(&self.config)));
+            out.push(Output::Close);
+            self.state = State::Closed;
+            self.pending = None;
+        }
+    }
+
+    /// Protocol errors so far in this session.
+    pub fn error_count(&self) -> usize {
+        self.errors
+    }
+
+    fn command_line(&mut self, line: &[u8], out: &mut Vec<Output>) {
         if self.pending.is_some() {
             debug_assert!(false, "feed_line while a check is pending");
             return;
@@ -630,13 +668,27 @@ impl Session {
     /// transaction ends (the session is back in command state).
     pub fn feed_oversize(&mut self, out: &mut Vec<Output>) {
         match self.state {
-            State::Command { .. } => push(out, replies::LINE_TOO_LONG),
+            State::Command { .. } => {
+                let before = out.len();
+                push(out, replies::LINE_TOO_LONG);
+                self.count_errors(before, out);
+            }
             State::Data { .. } => {
                 self.reset();
                 push(out, replies::TOO_MUCH_DATA);
             }
             State::Closed => {}
             State::Waiting => debug_assert!(false, "feed_oversize while waiting"),
+        }
+    }
+
+    /// Reports that the caller discarded a DATA body for a reason of its own (the server ran
+    /// out of memory for message data): pushes `reply` and ends the transaction, as
+    /// [`feed_data`](Self::feed_data) does for a refused body. Ignored outside DATA.
+    pub fn feed_data_refused(&mut self, reply: Reply, out: &mut Vec<Output>) {
+        if let State::Data { .. } = self.state {
+            self.reset();
+            out.push(Output::Reply(reply));
         }
     }
 

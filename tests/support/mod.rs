@@ -337,6 +337,11 @@ impl RawClient {
         }
     }
 
+    /// The socket, to write raw bytes or shut it down.
+    pub fn stream(&self) -> &TcpStream {
+        &self.writer
+    }
+
     pub fn set_read_timeout(&self, timeout: Duration) {
         self.writer.set_read_timeout(Some(timeout)).unwrap();
     }
