@@ -41,6 +41,14 @@ pub struct Options {
     pub open_relay: bool,
     /// `--upstream-timeout SECS`: connect and reply timeout towards the upstream.
     pub upstream_timeout: Option<u64>,
+    /// `--mailman-lmtp HOST:PORT|PATH` (MailmanProxy): Mailman 3's LMTP runner.
+    pub mailman_lmtp: Option<String>,
+    /// `--mailman2-prefix DIR` (MailmanProxy): a Mailman 2 installation instead.
+    pub mailman2_prefix: Option<String>,
+    /// `--mailman-suffixes cpython|mailman3` (MailmanProxy): which addresses are list candidates.
+    pub mailman_suffixes: Option<String>,
+    /// `--mailman-domain DOMAIN` (MailmanProxy, Mailman 3): the list domain to ask about.
+    pub mailman_domain: Option<String>,
 }
 
 impl Default for Options {
@@ -60,12 +68,17 @@ impl Default for Options {
             trusted: Vec::new(),
             open_relay: false,
             upstream_timeout: None,
+            mailman_lmtp: None,
+            mailman2_prefix: None,
+            mailman_suffixes: None,
+            mailman_domain: None,
         }
     }
 }
 
 /// The outcome of a successful parse.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[allow(clippy::large_enum_variant)] // made once per process
 pub enum Parsed {
     /// Run the server with these options.
     Run(Options),
@@ -112,6 +125,10 @@ const LONG_OPTIONS: &[(&str, bool)] = &[
     ("trusted", true),
     ("open-relay", false),
     ("upstream-timeout", true),
+    ("mailman-lmtp", true),
+    ("mailman2-prefix", true),
+    ("mailman-suffixes", true),
+    ("mailman-domain", true),
 ];
 
 /// One recognised option, collected before any of them takes effect.
@@ -127,6 +144,10 @@ enum Opt {
     Trusted(OsString),
     OpenRelay,
     UpstreamTimeout(OsString),
+    MailmanLmtp(OsString),
+    Mailman2Prefix(OsString),
+    MailmanSuffixes(OsString),
+    MailmanDomain(OsString),
 }
 
 /// Builds the option from its canonical name (short letter or full long name).
@@ -142,6 +163,10 @@ fn make_opt(name: &str, value: Option<OsString>) -> Opt {
         ("trusted", v) => Opt::Trusted(v.unwrap_or_default()),
         ("open-relay", _) => Opt::OpenRelay,
         ("upstream-timeout", v) => Opt::UpstreamTimeout(v.unwrap_or_default()),
+        ("mailman-lmtp", v) => Opt::MailmanLmtp(v.unwrap_or_default()),
+        ("mailman2-prefix", v) => Opt::Mailman2Prefix(v.unwrap_or_default()),
+        ("mailman-suffixes", v) => Opt::MailmanSuffixes(v.unwrap_or_default()),
+        ("mailman-domain", v) => Opt::MailmanDomain(v.unwrap_or_default()),
         (_, v) => Opt::Size(v.unwrap_or_default()),
     }
 }
@@ -351,6 +376,33 @@ pub fn parse_args<I: IntoIterator<Item = OsString>>(
                     ))
                 })?);
             }
+            Opt::MailmanLmtp(arg) => {
+                let text = arg.to_string_lossy().into_owned();
+                if !text.contains('/') && split_spec(&text).is_err() {
+                    return Err(with_usage(format!(
+                        "Invalid Mailman LMTP address: {text} (HOST:PORT or a socket path)"
+                    )));
+                }
+                options.mailman_lmtp = Some(text);
+            }
+            Opt::Mailman2Prefix(arg) => {
+                let text = arg.into_string().map_err(|a| {
+                    with_usage(format!("Invalid Mailman 2 prefix: {}", a.to_string_lossy()))
+                })?;
+                options.mailman2_prefix = Some(text);
+            }
+            Opt::MailmanSuffixes(arg) => {
+                let text = arg.to_string_lossy().into_owned();
+                if text != "cpython" && text != "mailman3" {
+                    return Err(with_usage(format!(
+                        "Invalid Mailman suffixes: {text} (cpython or mailman3)"
+                    )));
+                }
+                options.mailman_suffixes = Some(text);
+            }
+            Opt::MailmanDomain(arg) => {
+                options.mailman_domain = Some(arg.to_string_lossy().into_owned());
+            }
             Opt::Size(arg) => {
                 let size = arg.to_str().and_then(parse_size);
                 options.size_limit = Some(size.ok_or_else(|| CliError {
@@ -434,7 +486,7 @@ Options:
     -h, --help
         Show this help and exit.
 
-Relay options (PureProxy; not in Python's smtpd):
+Relay options (PureProxy and MailmanProxy; not in Python's smtpd):
 
     --relay-mode live|after-data
         live (the default): the upstream session opens at MAIL and every
@@ -454,6 +506,28 @@ Relay options (PureProxy; not in Python's smtpd):
     --upstream-timeout SECS
         Give up on an upstream that does not connect or answer within SECS
         seconds (default 30 to connect, 60 per reply, 120 after the data).
+
+MailmanProxy options (not in Python's smtpd). List mail goes to Mailman,
+everything else is relayed upstream as PureProxy (live) relays it:
+
+    --mailman-lmtp HOST:PORT|PATH
+        Mailman 3's LMTP runner (default 127.0.0.1:8024), or the path of
+        its unix socket. Mailman itself says at RCPT time which recipients
+        are its lists; while it is unreachable they get 451.
+
+    --mailman2-prefix DIR
+        Use Mailman 2 instead: lists are DIR/lists/NAME, mail is piped to
+        DIR/mail/mailman. Its wrapper checks the caller's group, so run
+        with -n as a user of Mailman's mail group.
+
+    --mailman-suffixes cpython|mailman3
+        cpython (the default): LIST and LIST-admin|owner|request|join|leave,
+        never a name with a dash. mailman3: also -bounces, -confirm,
+        -subscribe, -unsubscribe, +tags and list names with dashes.
+
+    --mailman-domain DOMAIN
+        Mailman 3: ask about lists in DOMAIN whatever the recipient's
+        domain (CPython ignored it). Default: the recipient's domain.
 
 The local address defaults to localhost:8025 and the remote address to
 localhost:25. Either port may be given without a host (`:8025') to mean
