@@ -133,7 +133,8 @@ enum Expect {
     Quit,
 }
 
-/// A sans-I/O SMTP or LMTP client session. See the [module docs](self).
+/// A sans-I/O SMTP or LMTP client session: commands in, bytes to send out, replies in, events
+/// out (see the [`client`](crate::client) module).
 #[derive(Debug)]
 pub struct Client {
     config: ClientConfig,
