@@ -112,19 +112,78 @@ fn unknown_class_names_the_available_ones() {
 }
 
 #[test]
-fn mailman_proxy_not_built_yet_is_a_clear_error() {
+fn mailman_proxy_starts_without_mailman_and_defers_list_mail() {
+    let (upstream, upstream_port) = start_smtpd(&["-n", "-c", "DebuggingServer"]);
+    let remote = format!("127.0.0.1:{upstream_port}");
+    let closed = format!("127.0.0.1:{}", free_port());
+    let proxy_port = free_port();
+    let local = format!("127.0.0.1:{proxy_port}");
+    let mut proxy = Proc::smtpd(&[
+        "-n",
+        "-c",
+        "MailmanProxy",
+        "--mailman-lmtp",
+        &closed,
+        &local,
+        &remote,
+    ]);
+    proxy.wait_listening(SocketAddr::from(([127, 0, 0, 1], proxy_port)));
+    // A warning at start-up, not an exit.
+    assert!(
+        proxy.stderr().contains("does not answer") && proxy.stderr().contains("451"),
+        "{}",
+        proxy.stderr()
+    );
+    let out = python_ok(
+        r#"
+import smtplib, sys
+c = smtplib.SMTP('127.0.0.1', int(sys.argv[1]), timeout=10)
+# A list candidate while Mailman is away: 451 at RCPT, so the sender keeps it.
+print(c.sendmail('a@example.com', ['test@example.com', 'not-a-list@example.com'],
+                 b'Subject: via mailman proxy\r\n\r\nrelayed part\r\n'))
+c.quit()
+"#,
+        &[&proxy_port.to_string()],
+    );
+    assert!(out.contains("'test@example.com': (451"), "{out}");
+    assert!(
+        upstream.wait_stdout_count("relayed part", 1, Duration::from_secs(5)),
+        "{}",
+        upstream.stdout()
+    );
+}
+
+#[test]
+fn mailman_proxy_options_are_checked() {
     let spec = port_spec();
-    let out = ours(&["-n", "-c", "MailmanProxy", &spec]);
-    assert_eq!(out.status.code(), Some(1), "{out:?}");
-    for word in ["MailmanProxy", "DebuggingServer", "PureProxy", "Sink"] {
-        assert!(
-            out.stderr.contains(word),
-            "stderr lacks {word}: {}",
-            out.stderr
-        );
+    let table: &[(&[&str], &str)] = &[
+        (
+            &["--mailman-lmtp", "nowhere"],
+            "Invalid Mailman LMTP address: nowhere",
+        ),
+        (
+            &["--mailman-suffixes", "all"],
+            "Invalid Mailman suffixes: all",
+        ),
+        (
+            &[
+                "--mailman-lmtp",
+                "127.0.0.1:1",
+                "--mailman2-prefix",
+                "/nonexistent",
+            ],
+            "not both",
+        ),
+    ];
+    for (extra, message) in table {
+        let mut args = vec!["-n", "-c", "MailmanProxy"];
+        args.extend_from_slice(extra);
+        args.extend([spec.as_str(), "127.0.0.1:25"]);
+        let out = ours(&args);
+        assert_eq!(out.status.code(), Some(1), "{args:?}: {out:?}");
+        assert!(out.stderr.contains(message), "{args:?}: {}", out.stderr);
+        assert!(!out.stderr.contains("listening on"), "{}", out.stderr);
     }
-    // It must not have started serving.
-    assert!(!out.stderr.contains("listening on"), "{}", out.stderr);
 }
 
 #[test]

@@ -41,6 +41,14 @@ pub struct Options {
     pub open_relay: bool,
     /// `--upstream-timeout SECS`: connect and reply timeout towards the upstream.
     pub upstream_timeout: Option<u64>,
+    /// `--mailman-lmtp HOST:PORT|PATH` (MailmanProxy): Mailman 3's LMTP runner.
+    pub mailman_lmtp: Option<String>,
+    /// `--mailman2-prefix DIR` (MailmanProxy): a Mailman 2 installation instead.
+    pub mailman2_prefix: Option<String>,
+    /// `--mailman-suffixes cpython|mailman3` (MailmanProxy): which addresses are list candidates.
+    pub mailman_suffixes: Option<String>,
+    /// `--mailman-domain DOMAIN` (MailmanProxy, Mailman 3): the list domain to ask about.
+    pub mailman_domain: Option<String>,
     /// The `--limit-*`, `--greeting-delay` and `--backlog` options; `None` keeps the
     /// library default (see `docs/limits.md`).
     pub limits: Limits,
@@ -90,6 +98,10 @@ impl Default for Options {
             open_relay: false,
             upstream_timeout: None,
             limits: Limits::default(),
+            mailman_lmtp: None,
+            mailman2_prefix: None,
+            mailman_suffixes: None,
+            mailman_domain: None,
         }
     }
 }
@@ -153,6 +165,10 @@ const LONG_OPTIONS: &[(&str, bool)] = &[
     ("limit-data-rate", true),
     ("greeting-delay", true),
     ("backlog", true),
+    ("mailman-lmtp", true),
+    ("mailman2-prefix", true),
+    ("mailman-suffixes", true),
+    ("mailman-domain", true),
 ];
 
 /// One recognised option, collected before any of them takes effect.
@@ -170,6 +186,10 @@ enum Opt {
     UpstreamTimeout(OsString),
     /// A numeric limit: its long name and value.
     Limit(&'static str, OsString),
+    MailmanLmtp(OsString),
+    Mailman2Prefix(OsString),
+    MailmanSuffixes(OsString),
+    MailmanDomain(OsString),
 }
 
 /// Builds the option from its canonical name (short letter or full long name).
@@ -204,6 +224,10 @@ fn make_opt(name: &str, value: Option<OsString>) -> Opt {
                 .map_or("backlog", |(n, _)| n);
             Opt::Limit(name, v.unwrap_or_default())
         }
+        ("mailman-lmtp", v) => Opt::MailmanLmtp(v.unwrap_or_default()),
+        ("mailman2-prefix", v) => Opt::Mailman2Prefix(v.unwrap_or_default()),
+        ("mailman-suffixes", v) => Opt::MailmanSuffixes(v.unwrap_or_default()),
+        ("mailman-domain", v) => Opt::MailmanDomain(v.unwrap_or_default()),
         (_, v) => Opt::Size(v.unwrap_or_default()),
     }
 }
@@ -439,6 +463,33 @@ pub fn parse_args<I: IntoIterator<Item = OsString>>(
                 };
                 *slot = Some(value);
             }
+            Opt::MailmanLmtp(arg) => {
+                let text = arg.to_string_lossy().into_owned();
+                if !text.contains('/') && split_spec(&text).is_err() {
+                    return Err(with_usage(format!(
+                        "Invalid Mailman LMTP address: {text} (HOST:PORT or a socket path)"
+                    )));
+                }
+                options.mailman_lmtp = Some(text);
+            }
+            Opt::Mailman2Prefix(arg) => {
+                let text = arg.into_string().map_err(|a| {
+                    with_usage(format!("Invalid Mailman 2 prefix: {}", a.to_string_lossy()))
+                })?;
+                options.mailman2_prefix = Some(text);
+            }
+            Opt::MailmanSuffixes(arg) => {
+                let text = arg.to_string_lossy().into_owned();
+                if text != "cpython" && text != "mailman3" {
+                    return Err(with_usage(format!(
+                        "Invalid Mailman suffixes: {text} (cpython or mailman3)"
+                    )));
+                }
+                options.mailman_suffixes = Some(text);
+            }
+            Opt::MailmanDomain(arg) => {
+                options.mailman_domain = Some(arg.to_string_lossy().into_owned());
+            }
             Opt::Size(arg) => {
                 let size = arg.to_str().and_then(parse_size);
                 options.size_limit = Some(size.ok_or_else(|| CliError {
@@ -522,7 +573,7 @@ Options:
     -h, --help
         Show this help and exit.
 
-Relay options (PureProxy; not in Python's smtpd):
+Relay options (PureProxy and MailmanProxy; not in Python's smtpd):
 
     --relay-mode live|after-data
         live (the default): the upstream session opens at MAIL and every
@@ -559,6 +610,27 @@ Limits (not in Python's smtpd; defaults and replies in docs/limits.md; 0 = none)
     --greeting-delay MS       hold the greeting back; clients talking
                               before it get 554 (default 0: off)
     --backlog N               listen backlog (default 1024)
+MailmanProxy options (not in Python's smtpd). List mail goes to Mailman,
+everything else is relayed upstream as PureProxy (live) relays it:
+
+    --mailman-lmtp HOST:PORT|PATH
+        Mailman 3's LMTP runner (default 127.0.0.1:8024), or the path of
+        its unix socket. Mailman itself says at RCPT time which recipients
+        are its lists; while it is unreachable they get 451.
+
+    --mailman2-prefix DIR
+        Use Mailman 2 instead: lists are DIR/lists/NAME, mail is piped to
+        DIR/mail/mailman. Its wrapper checks the caller's group, so run
+        with -n as a user of Mailman's mail group.
+
+    --mailman-suffixes cpython|mailman3
+        cpython (the default): LIST and LIST-admin|owner|request|join|leave,
+        never a name with a dash. mailman3: also -bounces, -confirm,
+        -subscribe, -unsubscribe, +tags and list names with dashes.
+
+    --mailman-domain DOMAIN
+        Mailman 3: ask about lists in DOMAIN whatever the recipient's
+        domain (CPython ignored it). Default: the recipient's domain.
 
 The local address defaults to localhost:8025 and the remote address to
 localhost:25. Either port may be given without a host (`:8025') to mean

@@ -18,7 +18,10 @@ use std::time::Duration;
 
 use crate::reactor::Reactor;
 use crate::server::{Listener, ServerOptions, Shutdown, SmtpServer};
-use crate::servers::{DebuggingServer, ProxyOptions, PureProxy, RelayMode, Sink};
+use crate::servers::mailman::{Backend, LmtpAddr, Mailman2, Suffixes};
+use crate::servers::{
+    DebuggingServer, MailmanOptions, MailmanProxy, ProxyOptions, PureProxy, RelayMode, Sink,
+};
 use crate::smtp::DATA_SIZE_DEFAULT;
 use ipnet::IpNet;
 
@@ -47,8 +50,7 @@ pub struct Classes {
 }
 
 impl Classes {
-    /// The built-in classes: `DebuggingServer`, `PureProxy`, `Sink`, and the name of the one
-    /// not built yet (`MailmanProxy`), which gives a clear error when chosen.
+    /// The built-in classes: `DebuggingServer`, `PureProxy`, `MailmanProxy`, `Sink`.
     pub fn builtin() -> Classes {
         let mut classes = Classes {
             entries: Vec::new(),
@@ -60,7 +62,9 @@ impl Classes {
         classes.register("PureProxy", |args| {
             Ok(Rc::new(RefCell::new(pure_proxy(args)?)))
         });
-        classes.entries.push(("MailmanProxy".into(), None));
+        classes.register("MailmanProxy", |args| {
+            Ok(Rc::new(RefCell::new(mailman_proxy(args)?)))
+        });
         classes
     }
 
@@ -119,12 +123,18 @@ fn pure_proxy(args: &ClassArgs<'_>) -> Result<PureProxy, String> {
             o.remotehost, o.remoteport
         )
     })?;
-    let mut options = ProxyOptions::default();
+    let mut options = relay_options(o)?;
     match o.relay_mode.as_deref() {
         None | Some("live") => options.mode = RelayMode::Live,
         Some("after-data") => options.mode = RelayMode::AfterData,
         Some(other) => return Err(format!("Invalid relay mode: {other}")),
     }
+    Ok(PureProxy::new(upstream, options))
+}
+
+/// The relay settings shared by PureProxy and MailmanProxy.
+fn relay_options(o: &Options) -> Result<ProxyOptions, String> {
+    let mut options = ProxyOptions::default();
     for net in &o.trusted {
         let parsed: IpNet = net
             .parse()
@@ -139,7 +149,66 @@ fn pure_proxy(args: &ClassArgs<'_>) -> Result<PureProxy, String> {
         options.relay.command_timeout = t;
         options.relay.data_timeout = t * 2;
     }
-    Ok(PureProxy::new(upstream, options))
+    Ok(options)
+}
+
+/// Builds a [`MailmanProxy`] from the command line, and warns (without failing) when Mailman
+/// cannot be reached: list mail then gets `451` until it can.
+fn mailman_proxy(args: &ClassArgs<'_>) -> Result<MailmanProxy, String> {
+    let o = args.options;
+    let upstream = args.remote.ok_or_else(|| {
+        format!(
+            "Cannot resolve remote address: {}:{}",
+            o.remotehost, o.remoteport
+        )
+    })?;
+    if o.relay_mode.as_deref() == Some("after-data") {
+        return Err("MailmanProxy relays live only (no --relay-mode after-data)".into());
+    }
+    if o.enable_smtputf8 {
+        // CPython's MailmanProxy raised ValueError for enable_SMTPUTF8.
+        return Err("MailmanProxy does not support SMTPUTF8 (-u)".into());
+    }
+    let backend = match (&o.mailman2_prefix, &o.mailman_lmtp) {
+        (Some(_), Some(_)) => {
+            return Err("Give --mailman-lmtp or --mailman2-prefix, not both".into());
+        }
+        (Some(prefix), None) => Backend::Mailman2(Mailman2::at(prefix)),
+        (None, Some(spec)) if spec.contains('/') => Backend::Mailman3(LmtpAddr::Unix(spec.into())),
+        (None, Some(spec)) => {
+            let (host, port) =
+                parse_spec(spec).ok_or_else(|| format!("Invalid Mailman LMTP address: {spec}"))?;
+            let addr = resolve(&host, port)
+                .ok_or_else(|| format!("Cannot resolve Mailman LMTP address: {spec}"))?;
+            Backend::Mailman3(LmtpAddr::Tcp(addr))
+        }
+        (None, None) => Backend::default(),
+    };
+    let suffixes = match o.mailman_suffixes.as_deref() {
+        None | Some("cpython") => Suffixes::Cpython,
+        Some("mailman3") => Suffixes::Mailman3,
+        Some(other) => return Err(format!("Invalid Mailman suffixes: {other}")),
+    };
+    let target = match &backend {
+        Backend::Mailman2(mm2) => format!("Mailman 2's wrapper {}", mm2.wrapper.display()),
+        Backend::Mailman3(lmtp) => format!("Mailman 3 at {lmtp}"),
+    };
+    let mut options = MailmanOptions {
+        proxy: relay_options(o)?,
+        backend,
+        suffixes,
+        mailman_domain: o.mailman_domain.clone(),
+        ..MailmanOptions::default()
+    };
+    if let Some(secs) = o.upstream_timeout {
+        options.lmtp.command_timeout = Duration::from_secs(secs);
+    }
+    let proxy = MailmanProxy::new(upstream, options);
+    match proxy.check_backend(Duration::from_secs(2)) {
+        Ok(()) => log::info!("MailmanProxy: list mail to {target}, the rest to {upstream}"),
+        Err(e) => log::warn!("{e}; list mail gets 451 until Mailman can be reached"),
+    }
+    Ok(proxy)
 }
 
 /// Applies the `--limit-*`, `--greeting-delay` and `--backlog` options.

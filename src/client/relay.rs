@@ -2,11 +2,14 @@
 
 use std::any::Any;
 use std::io;
+use std::io::{Read, Write};
 use std::net::SocketAddr;
+use std::path::Path;
 use std::time::Duration;
 
 use mio::event::Source;
-use mio::net::TcpStream;
+use mio::net::{TcpStream, UnixStream};
+use mio::{Interest, Registry, Token};
 
 use super::session::{Client, ClientConfig, Event, MailParams};
 use crate::chat::{Chat, ChatCtl, ChatHandler, ChatOptions, Terminator};
@@ -148,6 +151,99 @@ impl ChatHandler for Handler {
     }
 }
 
+/// The connection of a [`Relay`]: TCP, or a unix-domain socket (an LMTP server such as
+/// Mailman's may listen on one).
+enum Conn {
+    Tcp(TcpStream),
+    Unix(UnixStream),
+}
+
+impl Conn {
+    fn take_error(&self) -> io::Result<Option<io::Error>> {
+        match self {
+            Conn::Tcp(s) => s.take_error(),
+            Conn::Unix(s) => s.take_error(),
+        }
+    }
+
+    /// Whether the connection is established (`Ok(false)`: still in progress).
+    fn is_connected(&self) -> io::Result<bool> {
+        let result = match self {
+            Conn::Tcp(s) => s.peer_addr().map(|_| ()),
+            Conn::Unix(s) => s.peer_addr().map(|_| ()),
+        };
+        match result {
+            Ok(()) => Ok(true),
+            Err(e) if e.kind() == io::ErrorKind::NotConnected => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
+    fn set_nodelay(&self) {
+        if let Conn::Tcp(s) = self {
+            let _ = s.set_nodelay(true);
+        }
+    }
+}
+
+impl Read for Conn {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        match self {
+            Conn::Tcp(s) => s.read(buf),
+            Conn::Unix(s) => s.read(buf),
+        }
+    }
+}
+
+impl Write for Conn {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        match self {
+            Conn::Tcp(s) => s.write(buf),
+            Conn::Unix(s) => s.write(buf),
+        }
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        match self {
+            Conn::Tcp(s) => s.flush(),
+            Conn::Unix(s) => s.flush(),
+        }
+    }
+}
+
+impl Source for Conn {
+    fn register(
+        &mut self,
+        registry: &Registry,
+        token: Token,
+        interest: Interest,
+    ) -> io::Result<()> {
+        match self {
+            Conn::Tcp(s) => s.register(registry, token, interest),
+            Conn::Unix(s) => s.register(registry, token, interest),
+        }
+    }
+
+    fn reregister(
+        &mut self,
+        registry: &Registry,
+        token: Token,
+        interest: Interest,
+    ) -> io::Result<()> {
+        match self {
+            Conn::Tcp(s) => s.reregister(registry, token, interest),
+            Conn::Unix(s) => s.reregister(registry, token, interest),
+        }
+    }
+
+    fn deregister(&mut self, registry: &Registry) -> io::Result<()> {
+        match self {
+            Conn::Tcp(s) => s.deregister(registry),
+            Conn::Unix(s) => s.deregister(registry),
+        }
+    }
+}
+
 /// An outgoing SMTP/LMTP session on the reactor: connects without blocking (the procedure
 /// mio documents for `TcpStream::connect`), runs a [`Client`], enforces connect, command and
 /// data timeouts, and hands every [`Event`] to a callback. The callback gets the client, so it
@@ -155,11 +251,12 @@ impl ChatHandler for Handler {
 /// [`Ctx::notify`]. The callback always sees exactly one terminal event (`Closed` or `Failed`),
 /// whatever ends the connection.
 pub struct Relay {
-    chat: Chat<TcpStream>,
+    chat: Chat<Conn>,
     handler: Handler,
     connected: bool,
     connect_timer: Option<TimerId>,
-    upstream: SocketAddr,
+    /// The peer, for log lines.
+    upstream: String,
 }
 
 impl Relay {
@@ -176,8 +273,46 @@ impl Relay {
         on_event: EventHandler,
     ) -> io::Result<Relay> {
         let stream = TcpStream::connect(upstream)?;
-        Ok(Relay {
-            chat: Chat::with_options(stream, ChatOptions::default()),
+        Ok(Relay::with_conn(
+            Conn::Tcp(stream),
+            upstream.to_string(),
+            config,
+            options,
+            on_event,
+        ))
+    }
+
+    /// Like [`connect`](Self::connect), to a unix-domain socket (Mailman's LMTP runner, say,
+    /// configured with a socket path).
+    ///
+    /// # Errors
+    /// When no socket can be created, or the connection is refused at once (no such socket,
+    /// nobody listening, backlog full).
+    pub fn connect_unix(
+        path: &Path,
+        config: ClientConfig,
+        options: RelayOptions,
+        on_event: EventHandler,
+    ) -> io::Result<Relay> {
+        let stream = UnixStream::connect(path)?;
+        Ok(Relay::with_conn(
+            Conn::Unix(stream),
+            path.display().to_string(),
+            config,
+            options,
+            on_event,
+        ))
+    }
+
+    fn with_conn(
+        conn: Conn,
+        upstream: String,
+        config: ClientConfig,
+        options: RelayOptions,
+        on_event: EventHandler,
+    ) -> Relay {
+        Relay {
+            chat: Chat::with_options(conn, ChatOptions::default()),
             handler: Handler {
                 client: Client::new(config),
                 line: Vec::new(),
@@ -190,7 +325,7 @@ impl Relay {
             connected: false,
             connect_timer: None,
             upstream,
-        })
+        }
     }
 
     /// The client, to queue commands before the relay is spawned.
@@ -203,16 +338,12 @@ impl Relay {
         let stream = self.chat.stream_mut();
         let result = match stream.take_error() {
             Ok(Some(e)) | Err(e) => Err(e),
-            Ok(None) => match stream.peer_addr() {
-                Ok(_) => Ok(true),
-                Err(e) if e.kind() == io::ErrorKind::NotConnected => Ok(false),
-                Err(e) => Err(e),
-            },
+            Ok(None) => stream.is_connected(),
         };
         match result {
             Ok(true) => {
                 self.connected = true;
-                let _ = self.chat.stream_mut().set_nodelay(true);
+                self.chat.stream().set_nodelay();
                 if let Some(t) = self.connect_timer.take() {
                     ctx.cancel_timer(t);
                 }

@@ -4,7 +4,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 /// The end of the header section: the index of the empty line's first byte (CRLF or LF line
 /// ends), or `None` if the message has no empty line.
-fn header_end(data: &[u8]) -> Option<usize> {
+pub(crate) fn header_end(data: &[u8]) -> Option<usize> {
     let mut start = 0;
     while start <= data.len() {
         let end = memchr::memchr(b'\n', &data[start..]).map_or(data.len(), |i| start + i);

@@ -2,9 +2,11 @@
 //! API, as a user would write their own.
 pub mod debugging;
 mod headers;
+pub mod mailman;
 mod pure_proxy;
 mod sink;
 
 pub use debugging::DebuggingServer;
+pub use mailman::{MailmanOptions, MailmanProxy};
 pub use pure_proxy::{ProxyOptions, PureProxy, Refusal, RelayMode};
 pub use sink::Sink;

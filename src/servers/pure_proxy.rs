@@ -174,34 +174,47 @@ impl PureProxy {
     }
 
     fn may_relay(&self, ip: IpAddr) -> bool {
-        let ip = match ip {
-            IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
-            v4 => v4,
-        };
-        self.options.open_relay
-            || (self.options.trust_loopback && ip.is_loopback())
-            || self.options.trusted.iter().any(|net| net.contains(&ip))
+        may_relay(&self.options, ip)
     }
 
-    /// The message as it goes upstream: trace header, then the data with `X-Peer`.
     fn upstream_data(&self, message: &Message) -> Vec<u8> {
-        let peer_ip = message.peer.ip().to_string();
-        let single = match message.rcpt_tos.as_slice() {
-            [one] => Some(one.as_str()),
-            _ => None,
-        };
-        let received = received_header(
-            message.helo.as_deref(),
-            &peer_ip,
-            &self.options.hostname,
-            true,
-            single,
-            SystemTime::now(),
-        );
-        let mut data = received.into_bytes();
-        data.extend_from_slice(&insert_x_peer(&message.data, &peer_ip));
-        data
+        upstream_data(&self.options.hostname, message)
     }
+}
+
+/// Whether a client at `ip` may relay under `options`.
+pub(super) fn may_relay(options: &ProxyOptions, ip: IpAddr) -> bool {
+    let ip = match ip {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
+        v4 => v4,
+    };
+    options.open_relay
+        || (options.trust_loopback && ip.is_loopback())
+        || options.trusted.iter().any(|net| net.contains(&ip))
+}
+
+/// The message as it goes upstream: trace header, then the data with `X-Peer`.
+pub(super) fn upstream_data(hostname: &str, message: &Message) -> Vec<u8> {
+    let peer_ip = message.peer.ip().to_string();
+    let mut data = trace_header(hostname, message).into_bytes();
+    data.extend_from_slice(&insert_x_peer(&message.data, &peer_ip));
+    data
+}
+
+/// The `Received:` header this relay adds to `message`.
+pub(super) fn trace_header(hostname: &str, message: &Message) -> String {
+    let single = match message.rcpt_tos.as_slice() {
+        [one] => Some(one.as_str()),
+        _ => None,
+    };
+    received_header(
+        message.helo.as_deref(),
+        &message.peer.ip().to_string(),
+        hostname,
+        true,
+        single,
+        SystemTime::now(),
+    )
 }
 
 impl std::fmt::Debug for PureProxy {
