@@ -692,7 +692,7 @@ impl std::fmt::Debug for SessionDriver {
 }
 
 impl SessionDriver {
-    /// A greeted session with `config` (which must pass [`Config::validate`]
+    /// A greeted session with `config` (which must pass [`Config::validate`](crate::smtp::Config::validate)
     /// (crate::smtp::Config::validate)), for a client at `192.0.2.1:25`.
     pub fn new(config: crate::smtp::Config) -> SessionDriver {
         use crate::chat::{Terminator, TerminatorFraming};

@@ -455,3 +455,80 @@ fn many_clients_are_served_concurrently() {
         c.join().unwrap();
     }
 }
+
+/// The client side of a line protocol on the same reactor: asyncore's `dispatcher.connect`.
+struct LineClient {
+    current: Vec<u8>,
+    lines: Rc<RefCell<Vec<String>>>,
+    events: Rc<RefCell<Vec<String>>>,
+}
+
+impl ChatHandler for LineClient {
+    fn collect_incoming_data(&mut self, data: &[u8]) {
+        self.current.extend_from_slice(data);
+    }
+
+    fn found_terminator(&mut self, _chat: &mut ChatCtl, _ctx: &mut Ctx<'_>) {
+        let line = String::from_utf8_lossy(&std::mem::take(&mut self.current)).into_owned();
+        self.lines.borrow_mut().push(line);
+    }
+
+    fn on_start(&mut self, chat: &mut ChatCtl, _ctx: &mut Ctx<'_>) {
+        // Pushed before the connection exists: sent once it does.
+        chat.push(b"HELO early\r\n");
+    }
+
+    fn on_connect(&mut self, chat: &mut ChatCtl, _ctx: &mut Ctx<'_>) {
+        self.events.borrow_mut().push("connected".into());
+        chat.push(b"QUIT\r\n");
+    }
+
+    fn on_connect_failed(&mut self, _ctx: &mut Ctx<'_>, error: &std::io::Error) {
+        self.events
+            .borrow_mut()
+            .push(format!("failed: {:?}", error.kind()));
+    }
+
+    fn on_close(&mut self, _chat: &mut ChatCtl, _ctx: &mut Ctx<'_>) {
+        self.events.borrow_mut().push("closed".into());
+    }
+}
+
+#[test]
+fn a_client_channel_connects_without_blocking_and_speaks_the_protocol() {
+    let mut server = server();
+    let lines: Rc<RefCell<Vec<String>>> = Default::default();
+    let events: Rc<RefCell<Vec<String>>> = Default::default();
+    let client = ChatDispatcher::connect(
+        server.addr,
+        LineClient {
+            current: Vec::new(),
+            lines: lines.clone(),
+            events: events.clone(),
+        },
+    )
+    .unwrap();
+    let h = server.reactor.add(client).unwrap();
+    server.tick_until(|s| !s.reactor.contains(h));
+    assert_eq!(*lines.borrow(), ["hello", "HELO early", "bye"]);
+    assert_eq!(*events.borrow(), ["connected", "closed"]);
+
+    // A refused connection is reported, and the channel closes.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let events: Rc<RefCell<Vec<String>>> = Default::default();
+    let client = ChatDispatcher::connect(
+        closed,
+        LineClient {
+            current: Vec::new(),
+            lines: Default::default(),
+            events: events.clone(),
+        },
+    )
+    .unwrap();
+    let h = server.reactor.add(client).unwrap();
+    server.tick_until(|s| !s.reactor.contains(h));
+    assert_eq!(*events.borrow(), ["failed: ConnectionRefused", "closed"]);
+}

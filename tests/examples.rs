@@ -324,3 +324,62 @@ impl Drop for Spawned {
         let _ = self.process.wait();
     }
 }
+
+/// `examples/custom_cli.rs`: a user's own binary with the whole `smtpd` command line and a
+/// class of its own, chosen with `-c`. Python's smtplib sends to it; SIGTERM ends it cleanly.
+#[test]
+fn custom_cli_registers_its_own_class() {
+    let binary = example_binary("custom_cli");
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut child = Command::new(&binary)
+        .args(["-n", "-c", "Counter", &format!("127.0.0.1:{port}")])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + LIMIT;
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(Instant::now() < deadline, "custom_cli never listened");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let sent = Command::new("python3")
+        .arg("-c")
+        .arg(format!(
+            "import smtplib; c = smtplib.SMTP('127.0.0.1', {port}, timeout=10); \
+             c.sendmail('a@example.com', ['b@example.com'], 'hi'); \
+             c.sendmail('c@example.com', ['b@example.com'], 'again'); c.quit()"
+        ))
+        .status()
+        .unwrap();
+    assert!(sent.success());
+    let pid = child.id().to_string();
+    assert!(Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap()
+        .success());
+    let mut out = String::new();
+    child
+        .stdout
+        .take()
+        .unwrap()
+        .read_to_string(&mut out)
+        .unwrap();
+    let status = child.wait().unwrap();
+    assert!(status.success(), "{status}");
+    assert_eq!(
+        out,
+        "message 1 from a@example.com\nmessage 2 from c@example.com\n"
+    );
+    // An unknown class names the registered one among those available.
+    let out = Command::new(&binary)
+        .args(["-n", "-c", "Nope", "127.0.0.1:1"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("Counter"));
+}

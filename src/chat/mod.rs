@@ -253,6 +253,16 @@ pub trait ChatHandler: 'static {
 
     /// The channel is closing (any cause); the socket is closed right after.
     fn on_close(&mut self, _chat: &mut ChatCtl, _ctx: &mut Ctx<'_>) {}
+
+    /// An outgoing connection ([`ChatDispatcher::connect`]) is established (asyncore's
+    /// `handle_connect`). Output pushed before it waits and is sent now.
+    fn on_connect(&mut self, _chat: &mut ChatCtl, _ctx: &mut Ctx<'_>) {}
+
+    /// An outgoing connection failed or was refused; the channel closes right after (asyncore's
+    /// `handle_connect_event` raising). The default logs it.
+    fn on_connect_failed(&mut self, _ctx: &mut Ctx<'_>, error: &io::Error) {
+        log::warn!("connect failed: {error}");
+    }
 }
 
 /// asynchat's `async_chat` minus the protocol: a stream, its unframed input and its output queue.
@@ -484,6 +494,39 @@ pub struct ChatDispatcher<S, H> {
     pub chat: Chat<S>,
     /// The protocol.
     pub handler: H,
+    /// While an outgoing connection is in progress: how to tell whether it completed.
+    connecting: Option<fn(&S) -> io::Result<bool>>,
+}
+
+/// mio's procedure for a non-blocking connect: after a writable event, `take_error` reports a
+/// failure, and `peer_addr` succeeds once connected (`NotConnected` means "not yet").
+fn tcp_connected(stream: &mio::net::TcpStream) -> io::Result<bool> {
+    if let Some(e) = stream.take_error()? {
+        return Err(e);
+    }
+    match stream.peer_addr() {
+        Ok(_) => Ok(true),
+        Err(e) if e.kind() == io::ErrorKind::NotConnected => Ok(false),
+        Err(e) => Err(e),
+    }
+}
+
+impl<H: ChatHandler> ChatDispatcher<mio::net::TcpStream, H> {
+    /// Starts a non-blocking connection to `addr` (asyncore's `create_socket` + `connect`):
+    /// spawn the result; the handler's [`on_connect`](ChatHandler::on_connect) runs once it is
+    /// established, or [`on_connect_failed`](ChatHandler::on_connect_failed) and a close if it
+    /// fails. `addr` must be resolved already: name lookups block.
+    ///
+    /// # Errors
+    /// When no socket can be created.
+    pub fn connect(addr: std::net::SocketAddr, handler: H) -> io::Result<Self> {
+        let stream = mio::net::TcpStream::connect(addr)?;
+        Ok(ChatDispatcher {
+            chat: Chat::new(stream),
+            handler,
+            connecting: Some(tcp_connected),
+        })
+    }
 }
 
 impl<S: Stream, H: ChatHandler> ChatDispatcher<S, H> {
@@ -492,6 +535,7 @@ impl<S: Stream, H: ChatHandler> ChatDispatcher<S, H> {
         ChatDispatcher {
             chat: Chat::new(stream),
             handler,
+            connecting: None,
         }
     }
 
@@ -500,6 +544,37 @@ impl<S: Stream, H: ChatHandler> ChatDispatcher<S, H> {
         ChatDispatcher {
             chat: Chat::with_options(stream, options),
             handler,
+            connecting: None,
+        }
+    }
+
+    /// Whether an outgoing connection is still being established.
+    pub fn is_connecting(&self) -> bool {
+        self.connecting.is_some()
+    }
+
+    /// Completes a pending connect; returns whether the channel is connected.
+    fn finish_connect(&mut self, ctx: &mut Ctx<'_>) -> bool {
+        let Some(check) = self.connecting else {
+            return true;
+        };
+        match check(&self.chat.stream) {
+            Ok(true) => {
+                self.connecting = None;
+                self.handler.on_connect(&mut self.chat.ctl, ctx);
+                true
+            }
+            Ok(false) => {
+                ctx.write_would_block();
+                false
+            }
+            Err(e) => {
+                self.connecting = None;
+                self.handler.on_connect_failed(ctx, &e);
+                self.chat.dead = true;
+                ctx.close();
+                false
+            }
         }
     }
 }
@@ -519,11 +594,11 @@ impl<S: Stream, H: ChatHandler> Dispatcher for ChatDispatcher<S, H> {
     }
 
     fn wants_read(&self) -> bool {
-        self.chat.wants_read()
+        self.connecting.is_none() && self.chat.wants_read()
     }
 
     fn wants_write(&self) -> bool {
-        self.chat.wants_write()
+        self.connecting.is_some() || self.chat.wants_write()
     }
 
     fn on_readable(&mut self, ctx: &mut Ctx<'_>) {
@@ -531,6 +606,9 @@ impl<S: Stream, H: ChatHandler> Dispatcher for ChatDispatcher<S, H> {
     }
 
     fn on_writable(&mut self, ctx: &mut Ctx<'_>) {
+        if !self.finish_connect(ctx) {
+            return;
+        }
         self.chat.handle_write(ctx);
         self.chat.settle(&mut self.handler, ctx);
     }
