@@ -169,6 +169,9 @@ fn serve(conn: TcpStream, delivered: Arc<Mutex<Vec<Delivered>>>, stop: Arc<Atomi
             if data.ends_with(b"\r\n") {
                 data.truncate(data.len() - 2);
             }
+            if from.starts_with("slowdata") {
+                thread::sleep(Duration::from_millis(300));
+            }
             if from.starts_with("late") {
                 say(&mut w, "451 4.3.0 try again later");
                 continue;
@@ -195,6 +198,8 @@ fn serve(conn: TcpStream, delivered: Arc<Mutex<Vec<Delivered>>>, stop: Arc<Atomi
 struct Proxy {
     addr: SocketAddr,
     stop: StopHandle,
+    remote: smtpd::reactor::RemoteHandle,
+    listener: smtpd::reactor::Handle,
     thread: Option<thread::JoinHandle<()>>,
     refusals: mpsc::Receiver<Refusal>,
 }
@@ -234,16 +239,23 @@ impl Proxy {
                 server_options,
             )
             .unwrap();
-            tx.send((listener.local_addr(), reactor.stop_handle()))
-                .unwrap();
+            tx.send((
+                listener.local_addr(),
+                reactor.stop_handle(),
+                reactor.remote(),
+                listener.handle(),
+            ))
+            .unwrap();
+            // Until stopped, or until everything closed after a graceful shutdown.
             let deadline = Instant::now() + Duration::from_secs(120);
-            let stop_seen = reactor.run_until(deadline, |_| false);
-            let _ = stop_seen;
+            let _ = reactor.run_until(deadline, |r| r.is_empty());
         });
-        let (addr, stop) = rx.recv().unwrap();
+        let (addr, stop, remote, listener) = rx.recv().unwrap();
         Proxy {
             addr,
             stop,
+            remote,
+            listener,
             thread: Some(thread),
             refusals,
         }
@@ -711,4 +723,46 @@ fn relaying_is_refused_for_untrusted_clients_at_rcpt() {
 #[test]
 fn live_chaos_no_250_without_delivery() {
     chaos(RelayMode::Live);
+}
+
+#[test]
+fn shutdown_lets_a_relay_in_flight_finish_before_the_loop_ends() {
+    let upstream = Upstream::start();
+    for mode in [RelayMode::Live, RelayMode::AfterData] {
+        let mut proxy = Proxy::start_mode(upstream.addr, fast(), mode);
+        let mut c = Client::connect(proxy.addr);
+        assert!(c.cmd("MAIL FROM:<slowdata@example.com>").starts_with("250"));
+        assert!(c.cmd("RCPT TO:<b@example.com>").starts_with("250"));
+        assert!(c.cmd("DATA").starts_with("354"));
+        c.w.write_all(b"in flight\r\n.\r\n").unwrap();
+        // The upstream takes 300 ms to answer the data; shut down meanwhile.
+        thread::sleep(Duration::from_millis(50));
+        proxy.remote.notify(
+            proxy.listener,
+            smtpd::server::Shutdown {
+                grace: Duration::from_secs(5),
+            },
+        );
+        let verdict = c.reply();
+        assert!(verdict.starts_with("250"), "{mode:?}: {verdict}");
+        let closing = c.reply();
+        assert!(closing.starts_with("421 "), "{mode:?}: {closing}");
+        // The loop ends by itself once the relay has finished and everything is closed.
+        let thread = proxy.thread.take().unwrap();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !thread.is_finished() {
+            assert!(
+                Instant::now() < deadline,
+                "{mode:?}: the loop did not end after shutdown"
+            );
+            thread::sleep(Duration::from_millis(10));
+        }
+        thread.join().unwrap();
+    }
+    let delivered = upstream.delivered();
+    assert_eq!(delivered.len(), 2);
+    // No header/body separator: X-Peer goes last, as CPython puts it.
+    assert!(delivered
+        .iter()
+        .all(|d| d.data.ends_with(b"in flight\r\nX-Peer: 127.0.0.1")));
 }
