@@ -1,6 +1,7 @@
 //! The "hello world": a DebuggingServer on 127.0.0.1:8025 that prints every message.
 //!
-//! Run it with `cargo run --example debugging_server`, then send mail with any client, e.g.
+//! Run it with `cargo run --example debugging_server [ADDRESS]` (default 127.0.0.1:8025), then
+//! send mail with any client, e.g.
 //! `python3 -c "import smtplib; smtplib.SMTP('127.0.0.1', 8025).sendmail('a@x', ['b@y'], 'hi')"`.
 
 use std::cell::RefCell;
@@ -16,12 +17,12 @@ fn main() -> std::io::Result<()> {
     // One server object serves every connection; channels borrow it one at a time.
     let server = Rc::new(RefCell::new(DebuggingServer::new()));
     // CPython's defaults: the machine's FQDN in the greeting, a 32 MiB size limit.
-    let listener = Listener::bind(
-        &mut reactor,
-        "127.0.0.1:8025".parse().unwrap(),
-        server,
-        ServerOptions::default(),
-    )?;
+    // The address from the command line, or CPython's default port.
+    let addr = std::env::args()
+        .nth(1)
+        .unwrap_or_else(|| "127.0.0.1:8025".into());
+    let addr = addr.parse().map_err(std::io::Error::other)?;
+    let listener = Listener::bind(&mut reactor, addr, server, ServerOptions::default())?;
     eprintln!("listening on {}", listener.local_addr());
     // asyncore.loop(): runs until every dispatcher is gone or a StopHandle stops it.
     reactor.run()

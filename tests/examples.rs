@@ -383,3 +383,114 @@ fn custom_cli_registers_its_own_class() {
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("Counter"));
 }
+
+/// `examples/debugging_server.rs` prints what smtplib sends it.
+#[test]
+fn debugging_server_example_prints_a_message() {
+    let binary = example_binary("debugging_server");
+    let mut child = Command::new(&binary)
+        .arg("127.0.0.1:0")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // "listening on 127.0.0.1:PORT" on stderr tells the port.
+    let mut stderr = std::io::BufReader::new(child.stderr.take().unwrap());
+    let mut line = String::new();
+    std::io::BufRead::read_line(&mut stderr, &mut line).unwrap();
+    let port: u16 = line
+        .trim()
+        .rsplit(':')
+        .next()
+        .and_then(|p| p.parse().ok())
+        .unwrap_or_else(|| panic!("unexpected first line {line:?}"));
+    let sent = Command::new("python3")
+        .arg("-c")
+        .arg(format!(
+            "import smtplib; c = smtplib.SMTP('127.0.0.1', {port}, timeout=10); \
+             c.sendmail('a@example.com', ['b@example.com'], 'Subject: ex\\r\\n\\r\\nexample body'); c.quit()"
+        ))
+        .status()
+        .unwrap();
+    assert!(sent.success());
+    let pid = child.id().to_string();
+    // Give the server a moment to flush, then end it.
+    std::thread::sleep(Duration::from_millis(200));
+    assert!(Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap()
+        .success());
+    let mut out = String::new();
+    child
+        .stdout
+        .take()
+        .unwrap()
+        .read_to_string(&mut out)
+        .unwrap();
+    let _ = child.wait();
+    assert!(
+        out.contains("---------- MESSAGE FOLLOWS ----------"),
+        "{out}"
+    );
+    assert!(out.contains("X-Peer: 127.0.0.1\n\nexample body\n"), "{out}");
+}
+
+/// `examples/conn_scale.rs` (the benchmark's connection-scale client), on a small scale.
+#[test]
+fn conn_scale_example_reports_memory_and_latency() {
+    let server = Command::new(env!("CARGO_BIN_EXE_smtpd"))
+        .args(["-n", "-c", "Sink", "127.0.0.1:0"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut server = KillOnDrop(server);
+    let mut stderr = std::io::BufReader::new(server.0.stderr.take().unwrap());
+    let mut port = None;
+    let deadline = Instant::now() + LIMIT;
+    while port.is_none() {
+        assert!(
+            Instant::now() < deadline,
+            "smtpd never said where it listens"
+        );
+        let mut line = String::new();
+        std::io::BufRead::read_line(&mut stderr, &mut line).unwrap();
+        if let Some(rest) = line.split("listening on ").nth(1) {
+            port = rest
+                .trim()
+                .rsplit(':')
+                .next()
+                .and_then(|p| p.parse::<u16>().ok());
+        }
+    }
+    let out = Command::new(example_binary("conn_scale"))
+        .args([
+            format!("127.0.0.1:{}", port.unwrap()),
+            server.0.id().to_string(),
+            "50".into(),
+            "10".into(),
+        ])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let text = String::from_utf8_lossy(&out.stdout);
+    for key in [
+        "idle=50",
+        "bytes_per_conn=",
+        "p50_us=",
+        "p90_us=",
+        "p99_us=",
+    ] {
+        assert!(text.contains(key), "{key} missing from {text:?}");
+    }
+}
+
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
