@@ -1,6 +1,32 @@
 //! Terminator framing exactly as asynchat does it, as pure functions over a byte slice.
 
+use std::cell::RefCell;
+use std::rc::Rc;
+
 use memchr::memmem::Finder;
+
+/// Searchers are shared: a `Finder` is 288 bytes, and nearly every connection of a protocol
+/// uses the same one or two terminators, so each thread keeps one searcher per terminator
+/// (for the first few distinct terminators it sees) and connections hold an `Rc`.
+const SHARED_FINDERS: usize = 16;
+
+thread_local! {
+    static FINDERS: RefCell<Vec<(Vec<u8>, Rc<Finder<'static>>)>> = const { RefCell::new(Vec::new()) };
+}
+
+fn finder_for(needle: &[u8]) -> Rc<Finder<'static>> {
+    FINDERS.with(|cache| {
+        let mut cache = cache.borrow_mut();
+        if let Some((_, finder)) = cache.iter().find(|(n, _)| n == needle) {
+            return finder.clone();
+        }
+        let finder = Rc::new(Finder::new(needle).into_owned());
+        if cache.len() < SHARED_FINDERS {
+            cache.push((needle.to_vec(), finder.clone()));
+        }
+        finder
+    })
+}
 
 /// What ends the current unit of input (`async_chat.set_terminator`).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -30,10 +56,7 @@ impl Terminator {
 /// A terminator with its searcher built once.
 pub(crate) struct Framing {
     pub(crate) terminator: Terminator,
-    finder: Option<Finder<'static>>,
-    /// The terminator used before the current one, with its searcher: protocols switch back
-    /// and forth between two (SMTP: CRLF and CRLF.CRLF), so a switch back builds nothing.
-    spare: Option<(Terminator, Option<Finder<'static>>)>,
+    finder: Option<Rc<Finder<'static>>>,
     /// How many leading bytes of a `Bytes` terminator count as already seen just before the
     /// next input byte (see `ChatCtl::set_terminator_primed`).
     primed: usize,
@@ -59,40 +82,20 @@ pub(crate) struct Step {
 impl Framing {
     pub(crate) fn new(terminator: Terminator) -> Framing {
         let finder = match &terminator {
-            Terminator::Bytes(t) => Some(Finder::new(t).into_owned()),
+            Terminator::Bytes(t) => Some(finder_for(t)),
             _ => None,
         };
         Framing {
             terminator,
             finder,
-            spare: None,
             primed: 0,
         }
     }
 
     pub(crate) fn set(&mut self, terminator: Terminator) {
         self.primed = 0;
-        if terminator == self.terminator {
-            return;
-        }
-        let current = (
-            std::mem::replace(&mut self.terminator, Terminator::None),
-            self.finder.take(),
-        );
-        match self.spare.take() {
-            Some((spare, finder)) if spare == terminator => {
-                self.terminator = spare;
-                self.finder = finder;
-            }
-            _ => {
-                let fresh = Framing::new(terminator);
-                self.terminator = fresh.terminator;
-                self.finder = fresh.finder;
-            }
-        }
-        // Counts change as they run down; only byte terminators are worth keeping.
-        if matches!(current.0, Terminator::Bytes(_)) {
-            self.spare = Some(current);
+        if terminator != self.terminator {
+            *self = Framing::new(terminator);
         }
     }
 
