@@ -641,28 +641,11 @@ impl SmtpServer for Gatekeeper {
 fn mail_and_rcpt_hooks_refuse_defer_and_survive_panics() {
     let resets = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let (tx, rx) = mpsc::channel();
-    let (ready_tx, ready_rx) = mpsc::channel();
     let r2 = resets.clone();
-    let runner = thread::spawn(move || {
-        let mut reactor = Reactor::new().unwrap();
-        let server = Rc::new(RefCell::new(Gatekeeper {
-            resets: r2,
-            seen: tx,
-        }));
-        let l = Listener::bind(
-            &mut reactor,
-            "127.0.0.1:0".parse().unwrap(),
-            server,
-            options(),
-        )
-        .unwrap();
-        reactor.add(Watchdog(Duration::from_secs(30))).unwrap();
-        ready_tx
-            .send((l.local_addr(), reactor.stop_handle()))
-            .unwrap();
-        reactor.run().unwrap();
+    let (addr, stop, runner) = serve(move || Gatekeeper {
+        resets: r2,
+        seen: tx,
     });
-    let (addr, stop) = ready_rx.recv().unwrap();
     let mut c = Client::after_ehlo(addr);
     assert_eq!(
         c.cmd("MAIL FROM:<boom@example.com>"),
@@ -761,25 +744,8 @@ impl SmtpServer for Extended {
 #[test]
 fn custom_commands_overrides_ehlo_editing_and_connect_refusal() {
     let refuse = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let (ready_tx, ready_rx) = mpsc::channel();
     let r2 = refuse.clone();
-    let runner = thread::spawn(move || {
-        let mut reactor = Reactor::new().unwrap();
-        let server = Rc::new(RefCell::new(Extended { refuse_next: r2 }));
-        let l = Listener::bind(
-            &mut reactor,
-            "127.0.0.1:0".parse().unwrap(),
-            server,
-            options(),
-        )
-        .unwrap();
-        reactor.add(Watchdog(Duration::from_secs(30))).unwrap();
-        ready_tx
-            .send((l.local_addr(), reactor.stop_handle()))
-            .unwrap();
-        reactor.run().unwrap();
-    });
-    let (addr, stop) = ready_rx.recv().unwrap();
+    let (addr, stop, runner) = serve(move || Extended { refuse_next: r2 });
     let mut c = Client::greeted(addr);
     c.send("EHLO me\r\n");
     assert_eq!(
@@ -812,4 +778,30 @@ fn custom_commands_overrides_ehlo_editing_and_connect_refusal() {
     assert!(refused.at_eof());
     stop.stop();
     runner.join().unwrap();
+}
+
+/// Runs `make()`'s server on a reactor thread of its own (bounded by a watchdog); returns its
+/// address, a stop handle and the thread.
+fn serve<S: SmtpServer>(
+    make: impl FnOnce() -> S + Send + 'static,
+) -> (SocketAddr, StopHandle, thread::JoinHandle<()>) {
+    let (ready_tx, ready_rx) = mpsc::channel();
+    let runner = thread::spawn(move || {
+        let mut reactor = Reactor::new().unwrap();
+        let server = Rc::new(RefCell::new(make()));
+        let l = Listener::bind(
+            &mut reactor,
+            "127.0.0.1:0".parse().unwrap(),
+            server,
+            options(),
+        )
+        .unwrap();
+        reactor.add(Watchdog(Duration::from_secs(30))).unwrap();
+        ready_tx
+            .send((l.local_addr(), reactor.stop_handle()))
+            .unwrap();
+        reactor.run().unwrap();
+    });
+    let (addr, stop) = ready_rx.recv().unwrap();
+    (addr, stop, runner)
 }
