@@ -513,3 +513,52 @@ fn sigterm_without_clients_exits_promptly() {
     let status = proc.expect_exit(Duration::from_secs(5));
     assert_eq!(status.code(), Some(0), "stderr:\n{}", proc.stderr());
 }
+
+/// A DebuggingServer whose stdout is gone (the reader of its pipe went away) still accepts
+/// mail, says so once on stderr, and never panics.
+#[test]
+fn debugging_server_survives_a_closed_stdout() {
+    let port = free_port();
+    let mut child = Command::new(SMTPD)
+        .args(["-n", "-c", "DebuggingServer", &format!("127.0.0.1:{port}")])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Close the read end of its stdout pipe: every write now fails with EPIPE.
+    drop(child.stdout.take());
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(Instant::now() < deadline, "never listened");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let out = python_ok(
+        r#"
+import smtplib, sys
+c = smtplib.SMTP('127.0.0.1', int(sys.argv[1]), timeout=10)
+for i in range(3):
+    print(c.sendmail('a@example.com', ['b@example.com'], 'Subject: %d\r\n\r\nbody' % i))
+c.quit()
+"#,
+        &[&port.to_string()],
+    );
+    assert_eq!(out.trim(), "{}\n{}\n{}", "every message accepted");
+    assert!(child.try_wait().unwrap().is_none(), "the server died");
+    let pid = child.id().to_string();
+    assert!(Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap()
+        .success());
+    let output = child.wait_with_output().unwrap();
+    assert!(output.status.success(), "{:?}", output.status);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(
+        stderr
+            .matches("DebuggingServer cannot print messages")
+            .count(),
+        1,
+        "{stderr}"
+    );
+    assert!(!stderr.contains("panicked"), "{stderr}");
+}
