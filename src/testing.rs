@@ -75,8 +75,8 @@ use mio::event::Source;
 
 use crate::reactor::{Ctx, Dispatcher, Handle, Reactor, RemoteHandle, StopHandle, TimerId};
 use crate::server::{
-    AddressRequest, CommandRequest, Listener, Message, Outcome, Reply, ServerCtx, ServerOptions,
-    Shutdown, SmtpServer,
+    AddressRequest, CommandRequest, HeloRequest, Listener, Message, Outcome, Reply, ServerCtx,
+    ServerOptions, Shutdown, SmtpServer,
 };
 
 /// The host name test servers greet with unless [options](TestServerBuilder::options) say
@@ -253,6 +253,10 @@ impl SmtpServer for Recording {
 
     fn commands(&self) -> Vec<String> {
         self.inner.commands()
+    }
+
+    fn on_helo(&mut self, request: &HeloRequest<'_>, cx: &mut ServerCtx<'_, '_>) -> Outcome {
+        self.inner.on_helo(request, cx)
     }
 
     fn on_command(&mut self, request: &CommandRequest<'_>, cx: &mut ServerCtx<'_, '_>) -> Outcome {

@@ -805,3 +805,50 @@ fn serve<S: SmtpServer>(
     let (addr, stop) = ready_rx.recv().unwrap();
     (addr, stop, runner)
 }
+
+/// Refuses greetings from names it does not like, and answers slowly for one.
+struct Doorman;
+
+impl SmtpServer for Doorman {
+    fn process_message(&mut self, _message: &Message, _cx: &mut ServerCtx<'_, '_>) -> Outcome {
+        Outcome::Accept
+    }
+
+    fn on_helo(
+        &mut self,
+        request: &smtpd::server::HeloRequest<'_>,
+        cx: &mut ServerCtx<'_, '_>,
+    ) -> Outcome {
+        match request.name {
+            "spammer.example" => Outcome::Reply(Reply::new(550, "5.7.1 go away")),
+            "slow.example" if request.extended => {
+                let ticket = cx.defer();
+                thread::spawn(move || ticket.complete(Reply::new(250, "slow.example welcome")));
+                Outcome::Deferred
+            }
+            _ => Outcome::Accept,
+        }
+    }
+}
+
+#[test]
+fn on_helo_refuses_defers_or_keeps_cpythons_greeting_replies() {
+    let (addr, stop, runner) = serve(|| Doorman);
+    let mut c = Client::greeted(addr);
+    assert_eq!(c.cmd("HELO spammer.example"), "550 5.7.1 go away");
+    // A refused greeting leaves the session without one.
+    assert_eq!(
+        c.cmd("MAIL FROM:<a@example.com>"),
+        "503 Error: send HELO first"
+    );
+    assert_eq!(c.cmd("EHLO slow.example"), "250 slow.example welcome");
+    // Accepted with the server's own text, the greeting counts.
+    assert_eq!(c.cmd("MAIL FROM:<a@example.com>"), "250 OK");
+    // Accept keeps CPython's own replies, errors included.
+    let mut d = Client::greeted(addr);
+    assert_eq!(d.cmd("HELO"), "501 Syntax: HELO hostname");
+    assert_eq!(d.cmd("HELO fine.example"), "250 test.example");
+    assert_eq!(d.cmd("HELO again.example"), "503 Duplicate HELO/EHLO");
+    stop.stop();
+    runner.join().unwrap();
+}

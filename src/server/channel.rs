@@ -11,7 +11,8 @@ use std::time::{Duration, Instant};
 
 use super::listener::{ChannelShutdown, ListenerShared};
 use super::{
-    local_error, AddressRequest, CommandRequest, Completion, Outcome, ServerCtx, SmtpServer,
+    local_error, AddressRequest, CommandRequest, Completion, HeloRequest, Outcome, ServerCtx,
+    SmtpServer,
 };
 use crate::chat::{ChatCtl, ChatHandler, Terminator};
 use crate::reactor::{Ctx, TimerId};
@@ -366,8 +367,20 @@ impl SmtpChannel {
             verb: &command.verb,
             arg: &command.arg,
         };
+        let helo = matches!(command.verb.as_str(), "HELO" | "EHLO")
+            && !self.shared.server_verbs.contains(&command.verb);
         let outcome = Self::call_server(&summary, ctx, |cx| {
-            server.borrow_mut().on_command(&request, cx)
+            let mut server = server.borrow_mut();
+            if helo {
+                let request = HeloRequest {
+                    peer,
+                    name: &command.arg,
+                    extended: command.verb == "EHLO",
+                };
+                server.on_helo(&request, cx)
+            } else {
+                server.on_command(&request, cx)
+            }
         });
         self.settle_outcome(Kind::Command, &summary, outcome, chat, ctx);
     }

@@ -29,6 +29,8 @@ pub(crate) struct ListenerShared {
     pub(crate) per_ip: RefCell<HashMap<IpAddr, usize>>,
     /// Bytes of message data held by all channels (see `ServerOptions::data_memory_limit`).
     pub(crate) data_memory: Cell<usize>,
+    /// The verbs the server handles in `on_command` (upper-case).
+    pub(crate) server_verbs: Vec<String>,
 }
 
 impl ListenerShared {
@@ -141,9 +143,17 @@ impl Listener {
             check_rcpt: true,
             ..options.session.clone()
         };
+        let server_verbs: Vec<String>;
         {
             let server = server.borrow();
-            config.custom_verbs = server.commands().iter().map(|v| v.to_uppercase()).collect();
+            server_verbs = server.commands().iter().map(|v| v.to_uppercase()).collect();
+            config.custom_verbs = server_verbs.clone();
+            // HELO and EHLO go to the server's on_helo unless it handles them as commands.
+            for verb in ["HELO", "EHLO"] {
+                if !config.custom_verbs.iter().any(|v| v == verb) {
+                    config.custom_verbs.push(verb.to_string());
+                }
+            }
             let default = crate::smtp::default_ehlo_keywords(&config);
             let mut keywords = default.clone();
             server.ehlo_keywords(&mut keywords);
@@ -157,6 +167,7 @@ impl Listener {
             channels: RefCell::new(HashSet::new()),
             per_ip: RefCell::new(HashMap::new()),
             data_memory: Cell::new(0),
+            server_verbs,
         });
         let accept_shared = shared.clone();
         let on_accept: AcceptFn = Box::new(move |mut stream, peer, ctx| {

@@ -128,6 +128,15 @@ pub trait SmtpServer: 'static {
     /// The connection ([`ServerCtx::channel`]) closed.
     fn on_disconnect(&mut self, _cx: &mut ServerCtx<'_, '_>) {}
 
+    /// A `HELO` or `EHLO`, before the built-in checks. [`Outcome::Accept`] (the default) runs
+    /// CPython's handling: `250 <hostname>` or the EHLO keywords, or its syntax and duplicate
+    /// errors. Return a reply to refuse the greeting (`550 5.7.1 go away`), or defer. A server
+    /// that lists `HELO`/`EHLO` in [`commands`](Self::commands) gets them in
+    /// [`on_command`](Self::on_command) instead.
+    fn on_helo(&mut self, _request: &HeloRequest<'_>, _cx: &mut ServerCtx<'_, '_>) -> Outcome {
+        Outcome::Accept
+    }
+
     /// A client connected. Return a reply (`554 No service for you`) to send it instead of
     /// the greeting and close the connection; the default (`None`) greets it.
     fn on_connect(
@@ -161,6 +170,18 @@ pub trait SmtpServer: 'static {
     /// `PIPELINING`, drop `HELP`, ... `keywords` holds CPython's list on entry. Asked once,
     /// when the [`Listener`] is created.
     fn ehlo_keywords(&self, _keywords: &mut Vec<String>) {}
+}
+
+/// A `HELO`/`EHLO` for [`SmtpServer::on_helo`].
+#[derive(Debug)]
+#[non_exhaustive]
+pub struct HeloRequest<'a> {
+    /// The client's address.
+    pub peer: std::net::SocketAddr,
+    /// The name the client gave (may be empty: the built-in handling answers the syntax error).
+    pub name: &'a str,
+    /// `EHLO` rather than `HELO`.
+    pub extended: bool,
 }
 
 /// A command for [`SmtpServer::on_command`].

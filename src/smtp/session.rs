@@ -579,11 +579,30 @@ impl Session {
             debug_assert!(false, "command_done without a pending command");
             return;
         };
+        let before = out.len();
         match reply {
+            // A greeting the caller accepts with its own text still greets the session; the
+            // built-in checks (syntax, duplicate) keep their own answers.
+            Some(reply)
+                if (200..300).contains(&reply.code) && matches!(verb.as_str(), "HELO" | "EHLO") =>
+            {
+                let mut own = Vec::new();
+                self.run(&verb, &arg, &mut own);
+                for output in own {
+                    match output {
+                        Output::Reply(r) if (200..300).contains(&r.code) => {
+                            out.push(Output::Reply(reply.clone()));
+                        }
+                        other => out.push(other),
+                    }
+                }
+            }
             Some(reply) => out.push(Output::Reply(reply)),
             None if Verb::from_upper(&verb).is_some() => self.run(&verb, &arg, out),
             None => push(out, replies::OK),
         }
+        // Errors answered here count as if the line had been run at once.
+        self.count_errors(before, out);
     }
 
     fn data(&mut self, arg: &str, out: &mut Vec<Output>) {
