@@ -73,6 +73,10 @@
 //! | `smtpd.SMTPServer(localaddr, remoteaddr, data_size_limit, map, enable_SMTPUTF8, decode_data)` | [`server::Listener::bind`] with [`server::ServerOptions`] |
 //! | `process_message(peer, mailfrom, rcpttos, data, **kwargs)` | [`SmtpServer::process_message`](server::SmtpServer::process_message) |
 //! | `smtpd.DebuggingServer` | [`servers::DebuggingServer`] |
+//! | `smtpd.PureProxy` | [`servers::PureProxy`] (relays inside the loop; `250` only for mail the upstream took) |
+//! | `smtpd.MailmanProxy` (3.10) | [`servers::MailmanProxy`] (Mailman 3 over LMTP, or Mailman 2's wrapper) |
+//! | `smtplib` (as PureProxy used it) | [`client::Client`] and [`client::Relay`], non-blocking |
+//! | `SMTPChannel.smtp_XXX` overrides | [`SmtpServer::commands`](server::SmtpServer::commands) / [`on_command`](server::SmtpServer::on_command), [`on_helo`](server::SmtpServer::on_helo), [`on_mail`](server::SmtpServer::on_mail), [`on_rcpt`](server::SmtpServer::on_rcpt) |
 //!
 //! ## Threads
 //!
