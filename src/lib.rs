@@ -14,7 +14,8 @@
 //! | [`chat`] | `asynchat.async_chat` | terminator framing, output queue, backpressure | yes |
 //! | [`smtp`] | `smtpd.SMTPChannel`'s logic | the sans-I/O SMTP session: lines in, replies out | **no** |
 //! | [`server`] | `smtpd.SMTPServer` | the [`SmtpServer`](server::SmtpServer) trait, [`Listener`](server::Listener), deferred replies | listener only |
-//! | [`servers`] | `DebuggingServer`, ... | built-in servers, written against the public API | no |
+//! | [`client`] | `smtplib` (as PureProxy used it) | sans-I/O SMTP/LMTP client and the in-loop [`Relay`](client::Relay) | via `chat` |
+//! | [`servers`] | `DebuggingServer`, `PureProxy`, `MailmanProxy` | built-in servers, written against the public API | no |
 //! | [`cli`] | `python -m smtpd` | the command line, reusable with your own server classes | no |
 //! | [`testing`] | — | a loopback test server and a recording client, for your own test suites | yes |
 //!
