@@ -114,15 +114,21 @@ impl std::fmt::Debug for Classes {
     }
 }
 
-/// Builds a [`PureProxy`] from the command line.
-fn pure_proxy(args: &ClassArgs<'_>) -> Result<PureProxy, String> {
+/// The remote address, which a relaying class cannot do without.
+fn resolved_upstream(args: &ClassArgs<'_>) -> Result<SocketAddr, String> {
     let o = args.options;
-    let upstream = args.remote.ok_or_else(|| {
+    args.remote.ok_or_else(|| {
         format!(
             "Cannot resolve remote address: {}:{}",
             o.remotehost, o.remoteport
         )
-    })?;
+    })
+}
+
+/// Builds a [`PureProxy`] from the command line.
+fn pure_proxy(args: &ClassArgs<'_>) -> Result<PureProxy, String> {
+    let o = args.options;
+    let upstream = resolved_upstream(args)?;
     let mut options = relay_options(o)?;
     match o.relay_mode.as_deref() {
         None | Some("live") => options.mode = RelayMode::Live,
@@ -156,12 +162,7 @@ fn relay_options(o: &Options) -> Result<ProxyOptions, String> {
 /// cannot be reached: list mail then gets `451` until it can.
 fn mailman_proxy(args: &ClassArgs<'_>) -> Result<MailmanProxy, String> {
     let o = args.options;
-    let upstream = args.remote.ok_or_else(|| {
-        format!(
-            "Cannot resolve remote address: {}:{}",
-            o.remotehost, o.remoteport
-        )
-    })?;
+    let upstream = resolved_upstream(args)?;
     if o.relay_mode.as_deref() == Some("after-data") {
         return Err("MailmanProxy relays live only (no --relay-mode after-data)".into());
     }

@@ -102,6 +102,31 @@ pub struct PureProxy {
 /// the message is known (live mode).
 const HEADER_ALLOWANCE: u64 = 512;
 
+/// The sender and MAIL parameters to send upstream for a client's MAIL FROM: the null path as
+/// an empty address, the client's SIZE plus `header_allowance` for the headers the relay adds,
+/// and its BODY=8BITMIME and SMTPUTF8.
+pub(crate) fn upstream_mail(
+    request: &AddressRequest<'_>,
+    header_allowance: u64,
+) -> (String, MailParams) {
+    let from = if request.address == "<>" {
+        String::new()
+    } else {
+        request.address.to_string()
+    };
+    let params = MailParams {
+        size: request
+            .options
+            .iter()
+            .find_map(|o| o.strip_prefix("SIZE="))
+            .and_then(|n| n.parse::<u64>().ok())
+            .map(|n| n + header_allowance),
+        eight_bit: request.options.iter().any(|o| o == "BODY=8BITMIME"),
+        smtputf8: request.options.iter().any(|o| o == "SMTPUTF8"),
+    };
+    (from, params)
+}
+
 /// The upstream side of one client connection in live mode.
 struct Live {
     relay: Handle,
@@ -280,21 +305,7 @@ impl PureProxy {
     /// Live mode: the channel's upstream session, opened (and the MAIL queued) if needed.
     fn live_mail(&mut self, request: &AddressRequest<'_>, cx: &mut ServerCtx<'_, '_>) -> Outcome {
         let channel = cx.channel();
-        let params = MailParams {
-            size: request
-                .options
-                .iter()
-                .find_map(|o| o.strip_prefix("SIZE="))
-                .and_then(|n| n.parse::<u64>().ok())
-                .map(|n| n + HEADER_ALLOWANCE),
-            eight_bit: request.options.iter().any(|o| o == "BODY=8BITMIME"),
-            smtputf8: request.options.iter().any(|o| o == "SMTPUTF8"),
-        };
-        let from = if request.address == "<>" {
-            String::new()
-        } else {
-            request.address.to_string()
-        };
+        let (from, params) = upstream_mail(request, HEADER_ALLOWANCE);
         let reusable = self
             .live
             .get(&channel)

@@ -34,7 +34,7 @@ use std::rc::{Rc, Weak};
 use std::time::{Duration, SystemTime};
 
 use super::headers::{count_received, header_end, rfc5322_date};
-use super::pure_proxy::{may_relay, trace_header, upstream_data};
+use super::pure_proxy::{may_relay, trace_header, upstream_data, upstream_mail};
 use super::ProxyOptions;
 use crate::client::{ClientConfig, Event, MailParams, Relay, RelayCommand, RelayOptions};
 use crate::reactor::{Ctx, Handle};
@@ -963,21 +963,7 @@ impl SmtpServer for MailmanProxy {
         let mut conn = conn.borrow_mut();
         conn.end_transaction(cx.ctx());
         conn.op = Op::Idle;
-        conn.mail_from = if request.address == "<>" {
-            String::new()
-        } else {
-            request.address.to_string()
-        };
-        conn.params = MailParams {
-            size: request
-                .options
-                .iter()
-                .find_map(|o| o.strip_prefix("SIZE="))
-                .and_then(|n| n.parse::<u64>().ok())
-                .map(|n| n + HEADER_ALLOWANCE),
-            eight_bit: request.options.iter().any(|o| o == "BODY=8BITMIME"),
-            smtputf8: request.options.iter().any(|o| o == "SMTPUTF8"),
-        };
+        (conn.mail_from, conn.params) = upstream_mail(request, HEADER_ALLOWANCE);
         Outcome::Accept
     }
 
