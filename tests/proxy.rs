@@ -499,8 +499,14 @@ fn chaos(mode: RelayMode) {
             while running.load(Ordering::SeqCst) {
                 thread::sleep(Duration::from_millis(150));
                 if let Some(old) = upstream.lock().unwrap().take() {
-                    delivered.lock().unwrap().extend(old.delivered());
+                    // Stop it first (dropping joins its workers), then read what it took: a
+                    // worker may still be answering 250 while a snapshot is taken.
+                    let record = old.delivered.clone();
                     drop(old);
+                    delivered
+                        .lock()
+                        .unwrap()
+                        .extend(record.lock().unwrap().iter().cloned());
                 }
                 thread::sleep(Duration::from_millis(100));
                 // Rebinding the same port can briefly fail while old sockets linger.
@@ -561,7 +567,12 @@ fn chaos(mode: RelayMode) {
     running.store(false, Ordering::SeqCst);
     let restarts = flipper.join().unwrap();
     if let Some(last) = upstream.lock().unwrap().take() {
-        delivered.lock().unwrap().extend(last.delivered());
+        let record = last.delivered.clone();
+        drop(last);
+        delivered
+            .lock()
+            .unwrap()
+            .extend(record.lock().unwrap().iter().cloned());
     }
     let delivered = delivered.lock().unwrap();
     let bodies: Vec<String> = delivered
