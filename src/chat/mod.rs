@@ -235,6 +235,18 @@ pub trait ChatHandler: 'static {
     /// The terminator was seen (or a `Count` reached zero).
     fn found_terminator(&mut self, chat: &mut ChatCtl, ctx: &mut Ctx<'_>);
 
+    /// Raw input, for a protocol that frames its own input (h11's `receive_data`): return
+    /// `Some(n)` when the first `n` bytes of `data` were taken; the rest stays buffered in the
+    /// chat and is offered again, together with newer input, after the next read or when a
+    /// [`pause`](ChatCtl::pause) is lifted. While the handler takes raw input, the terminator,
+    /// [`collect_incoming_data`](Self::collect_incoming_data) and
+    /// [`found_terminator`](Self::found_terminator) are not used. The default, `None`, frames
+    /// input on the terminator as asynchat does. Called only while the chat is neither paused
+    /// nor closing, with a non-empty `data`.
+    fn receive(&mut self, _data: &[u8], _chat: &mut ChatCtl, _ctx: &mut Ctx<'_>) -> Option<usize> {
+        None
+    }
+
     /// The channel was registered: push a greeting, arm timers.
     fn on_start(&mut self, _chat: &mut ChatCtl, _ctx: &mut Ctx<'_>) {}
 
@@ -470,6 +482,12 @@ impl<S: Stream> Chat<S> {
 
     /// asynchat's framing loop over `buf`; returns how many bytes were used.
     fn frame<H: ChatHandler>(&mut self, buf: &[u8], handler: &mut H, ctx: &mut Ctx<'_>) -> usize {
+        if buf.is_empty() || self.ctl.paused || self.ctl.closing {
+            return 0;
+        }
+        if let Some(used) = handler.receive(buf, &mut self.ctl, ctx) {
+            return used.min(buf.len());
+        }
         let mut used = 0;
         while used < buf.len() && !self.ctl.paused && !self.ctl.closing {
             let rest = &buf[used..];
