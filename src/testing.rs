@@ -656,11 +656,12 @@ fn dot_stuff(data: &[u8]) -> Vec<u8> {
     out
 }
 
-/// The server's input path without sockets: raw bytes are framed exactly as the SMTP channel
-/// frames them (the chat layer's terminator search, CRLF lines, DATA ending at `CRLF.CRLF`
-/// primed by the `DATA` line's CRLF, over-long units discarded as they arrive) and fed to a
-/// [`Session`](crate::smtp::Session); every MAIL, RCPT and message is accepted with `250`.
-/// For property tests and fuzzing: feed any bytes, cut anywhere, and inspect what came out.
+/// The server's input path without sockets: raw bytes go through the same
+/// [`Receiver`](crate::smtp::Receiver) the SMTP channel uses (CRLF lines, DATA ending at
+/// `CRLF.CRLF` primed by the `DATA` line's CRLF, over-long units discarded as they arrive) into
+/// a [`Session`](crate::smtp::Session); every request (connect, HELO, MAIL, RCPT, command,
+/// message) gets the default decision. For property tests and fuzzing: feed any bytes, cut
+/// anywhere, and inspect what came out.
 ///
 /// ```
 /// use smtpd::testing::SessionDriver;
@@ -672,12 +673,7 @@ fn dot_stuff(data: &[u8]) -> Vec<u8> {
 /// assert!(d.is_closed());
 /// ```
 pub struct SessionDriver {
-    session: crate::smtp::Session,
-    framing: crate::chat::TerminatorFraming,
-    mode: crate::smtp::Framing,
-    input: Vec<u8>,
-    unit: Vec<u8>,
-    oversize: bool,
+    receiver: crate::smtp::Receiver,
     outputs: Vec<crate::smtp::Output>,
     replies: Vec<Reply>,
     messages: Vec<Message>,
@@ -688,7 +684,7 @@ pub struct SessionDriver {
 impl std::fmt::Debug for SessionDriver {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("SessionDriver")
-            .field("session", &self.session)
+            .field("receiver", &self.receiver)
             .field("replies", &self.replies.len())
             .field("messages", &self.messages.len())
             .finish_non_exhaustive()
@@ -696,110 +692,56 @@ impl std::fmt::Debug for SessionDriver {
 }
 
 impl SessionDriver {
-    /// A greeted session with `config` (which must pass [`Config::validate`](crate::smtp::Config::validate)
-    /// (crate::smtp::Config::validate)), for a client at `192.0.2.1:25`.
+    /// A greeted session with `config` (which must pass
+    /// [`Config::validate`](crate::smtp::Config::validate)), for a client at `192.0.2.1:25`.
     pub fn new(config: crate::smtp::Config) -> SessionDriver {
-        use crate::chat::{Terminator, TerminatorFraming};
         let peer = SocketAddr::from(([192, 0, 2, 1], 25));
+        let session = crate::smtp::Session::new(std::sync::Arc::new(config), peer);
         let mut driver = SessionDriver {
-            session: crate::smtp::Session::new(std::sync::Arc::new(config), peer),
-            framing: TerminatorFraming::new(Terminator::bytes("\r\n")),
-            mode: crate::smtp::Framing::Line,
-            input: Vec::new(),
-            unit: Vec::new(),
-            oversize: false,
+            receiver: crate::smtp::Receiver::new(session),
             outputs: Vec::new(),
             replies: Vec::new(),
             messages: Vec::new(),
             closed: false,
             peak: 0,
         };
-        driver.session.start(&mut driver.outputs);
+        driver.receiver.start(&mut driver.outputs);
         driver.act();
         driver
     }
 
     /// Feeds bytes as they might arrive in one read; input after a close is ignored.
     pub fn feed(&mut self, bytes: &[u8]) {
-        self.input.extend_from_slice(bytes);
-        let input = std::mem::take(&mut self.input);
         let mut used = 0;
-        while used < input.len() && !self.closed {
-            let rest = &input[used..];
-            let step = self.framing.step(rest);
-            if step.data > 0 {
-                self.collect(&rest[..step.data]);
-            }
-            used += step.consumed;
-            if !step.found {
+        while used < bytes.len() && !self.closed {
+            let n = self.receiver.receive(&bytes[used..], &mut self.outputs);
+            used += n;
+            self.peak = self.peak.max(self.receiver.buffered());
+            let progressed = !self.outputs.is_empty();
+            self.act();
+            if n == 0 && !progressed {
                 break;
             }
-            self.found_terminator();
         }
-        self.input = if self.closed {
-            Vec::new()
-        } else {
-            input[used..].to_vec()
-        };
-        self.peak = self.peak.max(self.input.len());
-    }
-
-    fn collect(&mut self, data: &[u8]) {
-        if self.oversize {
-            return;
-        }
-        if let Some(limit) = self.session.input_limit() {
-            if self.unit.len() + data.len() > limit {
-                self.oversize = true;
-                self.unit = Vec::new();
-                return;
-            }
-        }
-        self.unit.extend_from_slice(data);
-        self.peak = self.peak.max(self.unit.len());
-    }
-
-    fn found_terminator(&mut self) {
-        let unit = std::mem::take(&mut self.unit);
-        if std::mem::take(&mut self.oversize) {
-            self.session.feed_oversize(&mut self.outputs);
-        } else {
-            match self.session.framing() {
-                crate::smtp::Framing::Line => self.session.feed_line(&unit, &mut self.outputs),
-                crate::smtp::Framing::Data => self.session.feed_data(&unit, &mut self.outputs),
-            }
-        }
-        self.act();
     }
 
     fn act(&mut self) {
-        use crate::smtp::Output;
+        use crate::smtp::{Decision, Output, Request};
         while !self.outputs.is_empty() {
             for output in std::mem::take(&mut self.outputs) {
                 match output {
                     Output::Reply(reply) => self.replies.push(reply),
-                    Output::Message(message) => {
-                        self.messages.push(message);
-                        self.session.message_done(Reply::ok(), &mut self.outputs);
+                    Output::Decide(request) => {
+                        if let Request::Message(message) = request {
+                            self.messages.push(message);
+                        }
+                        self.receiver
+                            .resolve(Decision::Default, &mut self.outputs)
+                            .expect("a request is pending");
                     }
-                    Output::CheckMail(_) | Output::CheckRcpt(_) => {
-                        self.session.check_done(Reply::ok(), &mut self.outputs);
-                    }
-                    Output::Command(_) => self.session.command_done(None, &mut self.outputs),
                     Output::Close => self.closed = true,
+                    _ => {}
                 }
-            }
-        }
-        let mode = self.session.framing();
-        if mode != self.mode {
-            self.mode = mode;
-            match mode {
-                crate::smtp::Framing::Line => {
-                    self.framing.set(crate::chat::Terminator::bytes("\r\n"));
-                }
-                crate::smtp::Framing::Data => self
-                    .framing
-                    .set_primed(crate::chat::Terminator::bytes("\r\n.\r\n"), 2),
             }
         }
     }

@@ -27,7 +27,6 @@ mod outbuf;
 mod terminator;
 
 pub use outbuf::Producer;
-pub(crate) use terminator::Framing as TerminatorFraming;
 pub use terminator::Terminator;
 
 use std::any::{Any, TypeId};

@@ -545,7 +545,7 @@ pub fn dot_stuff(data: &[u8]) -> Vec<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::smtp::{Config, Framing, Output, Session};
+    use crate::smtp::{Config, Decision, Output, Receiver, Request, Session};
     use std::sync::Arc;
 
     /// Runs a client against our own server session in memory, answering messages with
@@ -555,7 +555,8 @@ mod tests {
         drive: impl FnOnce(&mut Client),
         verdict: Reply,
     ) -> (Vec<Event>, Vec<crate::smtp::Message>) {
-        let mut server = Session::new(Arc::new(config), "127.0.0.1:2525".parse().unwrap());
+        let session = Session::new(Arc::new(config), "127.0.0.1:2525".parse().unwrap());
+        let mut server = Receiver::new(session);
         let mut client = Client::new(ClientConfig::smtp("client.example"));
         let mut out = Vec::new();
         server.start(&mut out);
@@ -563,19 +564,24 @@ mod tests {
         let mut to_server: Vec<u8> = Vec::new();
         let mut events = Vec::new();
         let mut messages = Vec::new();
-        let mut data_mode_fresh = false;
         drive(&mut client);
         for _ in 0..1000 {
+            let mut decide = false;
             for o in out.drain(..) {
                 match o {
                     Output::Reply(r) => r.write_to(&mut to_client),
-                    Output::Message(m) => messages.push(m),
-                    Output::Close => {}
+                    Output::Decide(Request::Message(m)) => {
+                        messages.push(m);
+                        decide = true;
+                    }
+                    Output::Close | Output::Reset => {}
                     other => panic!("unexpected {other:?}"),
                 }
             }
-            if !messages.is_empty() && server.is_waiting() {
-                server.message_done(verdict.clone(), &mut out);
+            if decide {
+                server
+                    .resolve(Decision::Reply(verdict.clone()), &mut out)
+                    .unwrap();
                 continue;
             }
             // Server → client, one line at a time.
@@ -588,32 +594,11 @@ mod tests {
                 client.poll_transmit(&mut to_server);
                 continue;
             }
-            // Client → server, framed the way the channel frames it.
-            match server.framing() {
-                Framing::Line => {
-                    if let Some(i) = to_server.windows(2).position(|w| w == b"\r\n") {
-                        let line: Vec<u8> = to_server.drain(..i + 2).collect();
-                        server.feed_line(&line[..i], &mut out);
-                        data_mode_fresh = true;
-                        continue;
-                    }
-                }
-                Framing::Data => {
-                    let mut framed = b"\r\n".to_vec();
-                    framed.extend_from_slice(&to_server);
-                    if let Some(i) = framed.windows(5).position(|w| w == b"\r\n.\r\n") {
-                        assert!(data_mode_fresh);
-                        // The virtual CRLF in front belongs to the DATA line.
-                        let body = if i < 2 {
-                            Vec::new()
-                        } else {
-                            framed[2..i].to_vec()
-                        };
-                        to_server.drain(..i + 3);
-                        server.feed_data(&body, &mut out);
-                        continue;
-                    }
-                }
+            // Client → server, through the server's own receiver.
+            if !to_server.is_empty() && server.wants_input() {
+                let used = server.receive(&to_server, &mut out);
+                to_server.drain(..used);
+                continue;
             }
             break;
         }

@@ -1,37 +1,46 @@
-//! `SmtpChannel`: the one file where the chat layer (framing, output) meets the SMTP session
-//! (meaning). Bytes flow one way: chat → session → server → reply → chat.
+//! `SmtpChannel`: the one file where the chat layer (transport, output) meets the SMTP
+//! receiver (framing and meaning). Bytes flow one way: chat → receiver → server hooks →
+//! reply → chat.
 
 use std::any::Any;
 use std::cell::RefCell;
 use std::net::SocketAddr;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::rc::Rc;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use super::listener::{ChannelShutdown, ListenerShared};
+use super::shared::{ChannelShutdown, ConnectionGuard, DataBudget, ListenerShared};
 use super::{
     local_error, AddressRequest, CommandRequest, Completion, HeloRequest, Outcome, ServerCtx,
     SmtpServer,
 };
-use crate::chat::{ChatCtl, ChatHandler, Terminator};
+use crate::chat::{ChatCtl, ChatHandler};
 use crate::reactor::{Ctx, TimerId};
-use crate::smtp::{AddressCheck, CommandCheck, Config, Framing, Message, Output, Reply, Session};
+use crate::smtp::{Decision, Message, Output, Receiver, Reply, Request, Session};
 
-/// What a deferred answer is for.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Kind {
-    Message,
-    Check,
-    Command,
+/// Where a connection is. (The PROXY header and the TLS handshake will be phases before
+/// the greeting.)
+#[derive(Debug)]
+enum Phase {
+    /// The greeting is held back ([`ServerOptions::greeting_delay`](super::ServerOptions))
+    /// until `timer` fires; `early`: the client sent something meanwhile.
+    GreetingDelay { timer: TimerId, early: bool },
+    /// The SMTP dialogue.
+    Smtp,
+    /// A graceful shutdown: the transaction in flight may finish until `grace` fires, then
+    /// `421`.
+    ShuttingDown { grace: Option<TimerId> },
+    /// A final reply was queued and the chat closes when it is sent.
+    Closing,
 }
 
 /// A decision handed to the server and not answered yet.
-struct Pending {
+struct Deferred {
     ticket: u64,
     timer: TimerId,
     summary: String,
-    kind: Kind,
+    /// The decision is on a message (its verdict is logged at `info`).
+    message: bool,
 }
 
 /// The clock of a DATA phase: silence and minimum-rate deadlines.
@@ -44,67 +53,45 @@ struct DataClock {
 
 /// The protocol half of one SMTP connection (Python's `SMTPChannel`).
 pub(crate) struct SmtpChannel {
-    session: Session,
+    receiver: Receiver,
     server: Rc<RefCell<dyn SmtpServer>>,
     shared: Rc<ListenerShared>,
-    peer: SocketAddr,
-    /// The unit (command line or message body) being collected.
-    unit: Vec<u8>,
-    /// The unit passed the session's input limit: the rest of it is discarded as it arrives.
-    oversize: bool,
-    /// The framing the chat is set to, to change the terminator only on a change.
-    framing: Framing,
+    /// Released on drop: connection and per-address counts.
+    guard: ConnectionGuard,
+    phase: Phase,
     outputs: Vec<Output>,
     wire: Vec<u8>,
-    pending: Option<Pending>,
+    deferred: Option<Deferred>,
     idle: Option<TimerId>,
-    shutdown: Option<TimerId>,
-    shutting_down: bool,
-    /// A transaction (MAIL accepted, or being decided) is open.
-    in_transaction: bool,
-    /// The open transaction's message reached the server.
-    delivered: bool,
-    /// The greeting is held back (`ServerOptions::greeting_delay`) until this timer fires.
-    greeting: Option<TimerId>,
-    /// The client sent something before the greeting.
-    early: bool,
     /// Deadlines of the DATA phase in progress.
     data_clock: Option<DataClock>,
-    /// Bytes of `unit`'s capacity counted in the listener's data memory.
-    held: usize,
-    /// The message being received did not fit in the data memory limit: it is discarded.
-    over_budget: bool,
 }
 
 impl SmtpChannel {
     pub(crate) fn new(
-        config: Arc<Config>,
         server: Rc<RefCell<dyn SmtpServer>>,
         shared: Rc<ListenerShared>,
+        guard: ConnectionGuard,
         peer: SocketAddr,
     ) -> SmtpChannel {
+        let session = Session::new(shared.config.clone(), peer);
+        let budget = DataBudget::new(shared.clone());
         SmtpChannel {
-            session: Session::new(config, peer),
+            receiver: Receiver::new(session).with_budget(Box::new(budget)),
             server,
             shared,
-            peer,
-            unit: Vec::new(),
-            oversize: false,
-            framing: Framing::Line,
+            guard,
+            phase: Phase::Smtp,
             outputs: Vec::new(),
             wire: Vec::new(),
-            pending: None,
+            deferred: None,
             idle: None,
-            shutdown: None,
-            shutting_down: false,
-            in_transaction: false,
-            delivered: false,
-            greeting: None,
-            early: false,
             data_clock: None,
-            held: 0,
-            over_budget: false,
         }
+    }
+
+    fn peer(&self) -> SocketAddr {
+        self.receiver.session().peer()
     }
 
     fn push_reply(&mut self, chat: &mut ChatCtl, reply: &Reply) {
@@ -113,40 +100,47 @@ impl SmtpChannel {
         if log::log_enabled!(log::Level::Debug) {
             log::debug!(
                 "{} reply: {}",
-                self.peer,
+                self.peer(),
                 String::from_utf8_lossy(&self.wire).trim_end()
             );
         }
         chat.push(&self.wire);
     }
 
+    /// Sends a last reply and closes once it is out.
+    fn close_with(&mut self, chat: &mut ChatCtl, reply: &Reply) {
+        self.push_reply(chat, reply);
+        chat.close_when_done();
+        self.phase = Phase::Closing;
+    }
+
     /// Carries out what the session asked for, including answers that follow at once.
     fn act(&mut self, chat: &mut ChatCtl, ctx: &mut Ctx<'_>) {
-        loop {
-            let outputs = std::mem::take(&mut self.outputs);
-            if outputs.is_empty() {
-                break;
-            }
-            for output in outputs {
+        while !self.outputs.is_empty() {
+            for output in std::mem::take(&mut self.outputs) {
                 match output {
                     Output::Reply(reply) => self.push_reply(chat, &reply),
-                    Output::Message(message) => self.deliver(message, chat, ctx),
-                    Output::Close => chat.close_when_done(),
-                    Output::CheckMail(check) => self.check(true, check, chat, ctx),
-                    Output::CheckRcpt(check) => self.check(false, check, chat, ctx),
-                    Output::Command(command) => self.command(command, chat, ctx),
+                    Output::Decide(request) => self.decide(request, chat, ctx),
+                    Output::Reset => self.notify_server(ctx, |server, cx| server.on_reset(cx)),
+                    Output::Close => {
+                        chat.close_when_done();
+                        self.phase = Phase::Closing;
+                    }
                 }
             }
         }
-        self.sync_framing(chat);
         self.sync_data_clock(ctx);
-        self.track_transaction(ctx);
+        if matches!(self.phase, Phase::ShuttingDown { .. }) && self.is_idle() && !chat.is_closing()
+        {
+            let reply = self.closing_reply();
+            self.close_with(chat, &reply);
+        }
     }
 
     /// Starts the DATA deadlines when the body begins, stops them when it is over. While they
     /// run, the command (idle) timer is off.
     fn sync_data_clock(&mut self, ctx: &mut Ctx<'_>) {
-        let in_data = self.session.framing() == Framing::Data && !self.session.is_waiting();
+        let in_data = self.receiver.in_data() && self.receiver.wants_input();
         match (&self.data_clock, in_data) {
             (None, true) => {
                 let Some(timeout) = self.shared.options.data_timeout else {
@@ -174,6 +168,7 @@ impl SmtpChannel {
 
     /// The DATA timer fired: whether the client is too slow or silent; otherwise re-armed.
     fn data_deadline_passed(&mut self, ctx: &mut Ctx<'_>) -> bool {
+        let peer = self.peer();
         let (Some(clock), Some(timeout)) =
             (self.data_clock.as_mut(), self.shared.options.data_timeout)
         else {
@@ -190,7 +185,7 @@ impl SmtpChannel {
         if now >= due {
             log::info!(
                 "{}: DATA too slow ({} bytes in {:?}); closing",
-                self.peer,
+                peer,
                 clock.bytes,
                 now - clock.started
             );
@@ -200,48 +195,14 @@ impl SmtpChannel {
         false
     }
 
-    /// Makes room for `n` more bytes of message data in `unit`, within the listener's data
-    /// memory limit; false when there is none.
-    fn reserve_data(&mut self, n: usize) -> bool {
-        let needed = self.unit.len() + n;
-        let cap = self.unit.capacity();
-        if needed <= cap {
-            return true;
-        }
-        let limit = self.shared.options.data_memory_limit;
-        let used = self.shared.data_memory.get();
-        // Grow geometrically, but never past the message size limit, nor past the budget when
-        // the exact size still fits.
-        let ceiling = self.session.input_limit().unwrap_or(usize::MAX).max(needed);
-        let mut target = needed.max(cap.saturating_mul(2)).max(4096).min(ceiling);
-        if limit != 0 && used + (target - cap) > limit {
-            if used + (needed - cap) > limit {
-                return false;
-            }
-            target = needed;
-        }
-        self.unit.reserve_exact(target - self.unit.len());
-        let grown = self.unit.capacity() - cap;
-        self.held += grown;
-        self.shared.data_memory.set(used + grown);
-        true
-    }
-
-    /// Gives the memory counted for `unit` back to the listener.
-    fn release_data(&mut self) {
-        let held = std::mem::take(&mut self.held);
-        let used = self.shared.data_memory.get();
-        self.shared.data_memory.set(used - held);
-    }
-
     fn timeout_reply(&self) -> Reply {
         Reply::new(421, format!("{} Error: timeout exceeded", self.hostname()))
     }
 
     /// The client talked before the greeting: `554` instead of `220`, then close.
     fn refuse_early_talker(&mut self, chat: &mut ChatCtl, ctx: &mut Ctx<'_>) {
-        log::info!("{}: talked before the greeting; closing", self.peer);
-        if let Some(timer) = self.greeting.take() {
+        log::info!("{}: talked before the greeting; closing", self.peer());
+        if let Phase::GreetingDelay { timer, .. } = self.phase {
             ctx.cancel_timer(timer);
         }
         let reply = Reply::new(
@@ -251,22 +212,7 @@ impl SmtpChannel {
                 self.hostname()
             ),
         );
-        self.push_reply(chat, &reply);
-        chat.close_when_done();
-    }
-
-    /// Tells the server when a transaction ends without its message reaching it.
-    fn track_transaction(&mut self, ctx: &mut Ctx<'_>) {
-        let open = self.session.envelope().is_some()
-            || self.session.is_waiting()
-            || self.pending.is_some();
-        if self.in_transaction && !open && !self.delivered {
-            self.notify_server(ctx, |server, cx| server.on_reset(cx));
-        }
-        if !open {
-            self.delivered = false;
-        }
-        self.in_transaction = open;
+        self.close_with(chat, &reply);
     }
 
     fn notify_server(
@@ -280,24 +226,10 @@ impl SmtpChannel {
             call(&mut *server.borrow_mut(), &mut scx)
         }));
         if result.is_err() {
-            log::error!("{}: the server panicked in a notification hook", self.peer);
-        }
-    }
-
-    /// Points the chat's terminator at what the session expects next.
-    fn sync_framing(&mut self, chat: &mut ChatCtl) {
-        if self.session.is_waiting() {
-            return;
-        }
-        let framing = self.session.framing();
-        if framing == self.framing {
-            return;
-        }
-        self.framing = framing;
-        match framing {
-            Framing::Line => chat.set_terminator(Terminator::bytes("\r\n")),
-            // The CRLF that ended the DATA line is the first half of the end-of-data marker.
-            Framing::Data => chat.set_terminator_primed(Terminator::bytes("\r\n.\r\n"), 2),
+            log::error!(
+                "{}: the server panicked in a notification hook",
+                self.peer()
+            );
         }
     }
 
@@ -312,77 +244,117 @@ impl SmtpChannel {
         )
     }
 
-    fn deliver(&mut self, message: Message, chat: &mut ChatCtl, ctx: &mut Ctx<'_>) {
+    /// Asks the server to decide a request, and answers it at once unless it defers.
+    fn decide(&mut self, request: Request, chat: &mut ChatCtl, ctx: &mut Ctx<'_>) {
+        let peer = self.peer();
         let server = self.server.clone();
-        self.delivered = true;
-        let peer = self.peer;
-        let outcome = Self::call_server(&|| Self::summary(peer, &message), ctx, |cx| {
-            server.borrow_mut().process_message(&message, cx)
-        });
-        self.settle_outcome(
-            Kind::Message,
-            &|| Self::summary(peer, &message),
-            outcome,
-            chat,
-            ctx,
-        );
-    }
-
-    fn check(&mut self, mail: bool, check: AddressCheck, chat: &mut ChatCtl, ctx: &mut Ctx<'_>) {
+        let session = self.receiver.session();
+        let helo = session.helo();
+        let envelope = session.envelope();
         let empty = Vec::new();
-        let peer = self.peer;
-        let summary = || {
-            let verb = if mail { "MAIL" } else { "RCPT" };
-            format!("{peer} {verb} <{}>", check.address)
-        };
-        let server = self.server.clone();
-        let envelope = self.session.envelope();
-        let request = AddressRequest {
-            peer,
-            helo: self.session.helo(),
-            mail_from: envelope.map_or(check.address.as_str(), |e| e.mail_from.as_str()),
-            address: &check.address,
-            options: &check.options,
-            mail_options: envelope.map_or(&check.options, |e| &e.mail_options),
-            rcpt_tos: envelope.map_or(&empty, |e| &e.rcpt_tos),
-        };
-        let outcome = Self::call_server(&summary, ctx, |cx| {
-            let mut server = server.borrow_mut();
-            if mail {
-                server.on_mail(&request, cx)
-            } else {
-                server.on_rcpt(&request, cx)
+        let (summary, outcome): (Box<dyn Fn() -> String + '_>, _) = match &request {
+            Request::Connect => {
+                let summary = move || format!("{peer} connect");
+                let outcome = Self::call_server(&summary, ctx, |cx| {
+                    match server.borrow_mut().on_connect(peer, cx) {
+                        None => Outcome::Accept,
+                        Some(reply) => Outcome::Reply(reply),
+                    }
+                });
+                (Box::new(summary), outcome)
             }
-        });
-        self.settle_outcome(Kind::Check, &summary, outcome, chat, ctx);
-    }
-
-    fn command(&mut self, command: CommandCheck, chat: &mut ChatCtl, ctx: &mut Ctx<'_>) {
-        let peer = self.peer;
-        let summary = || format!("{peer} command {}", command.verb);
-        let server = self.server.clone();
-        let request = CommandRequest {
-            peer,
-            helo: self.session.helo(),
-            verb: &command.verb,
-            arg: &command.arg,
-        };
-        let helo = matches!(command.verb.as_str(), "HELO" | "EHLO")
-            && !self.shared.server_verbs.contains(&command.verb);
-        let outcome = Self::call_server(&summary, ctx, |cx| {
-            let mut server = server.borrow_mut();
-            if helo {
+            Request::Helo(check) => {
+                let summary = move || format!("{peer} greeting");
                 let request = HeloRequest {
                     peer,
-                    name: &command.arg,
-                    extended: command.verb == "EHLO",
+                    name: &check.name,
+                    extended: check.extended,
                 };
-                server.on_helo(&request, cx)
-            } else {
-                server.on_command(&request, cx)
+                let outcome = Self::call_server(&summary, ctx, |cx| {
+                    server.borrow_mut().on_helo(&request, cx)
+                });
+                (Box::new(summary), outcome)
             }
-        });
-        self.settle_outcome(Kind::Command, &summary, outcome, chat, ctx);
+            Request::Mail(check) | Request::Rcpt(check) => {
+                let mail = matches!(request, Request::Mail(_));
+                let summary = move || {
+                    let verb = if mail { "MAIL" } else { "RCPT" };
+                    format!("{peer} {verb} <{}>", check.address)
+                };
+                let request = AddressRequest {
+                    peer,
+                    helo,
+                    mail_from: envelope.map_or(check.address.as_str(), |e| e.mail_from.as_str()),
+                    address: &check.address,
+                    options: &check.options,
+                    mail_options: envelope.map_or(&check.options, |e| &e.mail_options),
+                    rcpt_tos: envelope.map_or(&empty, |e| &e.rcpt_tos),
+                };
+                let outcome = Self::call_server(&summary, ctx, |cx| {
+                    let mut server = server.borrow_mut();
+                    if mail {
+                        server.on_mail(&request, cx)
+                    } else {
+                        server.on_rcpt(&request, cx)
+                    }
+                });
+                (Box::new(summary), outcome)
+            }
+            Request::Command(check) => {
+                let summary = move || format!("{peer} command {}", check.verb);
+                let request = CommandRequest {
+                    peer,
+                    helo,
+                    verb: &check.verb,
+                    arg: &check.arg,
+                };
+                let outcome = Self::call_server(&summary, ctx, |cx| {
+                    server.borrow_mut().on_command(&request, cx)
+                });
+                (Box::new(summary), outcome)
+            }
+            Request::Message(message) => {
+                let summary = move || Self::summary(peer, message);
+                let outcome = Self::call_server(&summary, ctx, |cx| {
+                    server.borrow_mut().process_message(message, cx)
+                });
+                (Box::new(summary), outcome)
+            }
+        };
+        let message = matches!(request, Request::Message(_));
+        let summary = &*summary;
+        match outcome {
+            (Outcome::Deferred, Some(ticket)) => {
+                let summary = summary();
+                chat.pause();
+                if let Some(idle) = self.idle.take() {
+                    ctx.cancel_timer(idle);
+                }
+                let timer = ctx.set_timer(self.shared.options.defer_timeout);
+                self.deferred = Some(Deferred {
+                    ticket,
+                    timer,
+                    summary,
+                    message,
+                });
+            }
+            (Outcome::Deferred, None) => {
+                log::error!(
+                    "{}: Outcome::Deferred without ServerCtx::defer; answering 451",
+                    summary()
+                );
+                let summary = summary();
+                self.finish(message, Decision::Reply(local_error()), &summary);
+            }
+            (Outcome::Accept, _) => {
+                let summary = summary();
+                self.finish(message, Decision::Default, &summary);
+            }
+            (Outcome::Reply(reply), _) => {
+                let summary = summary();
+                self.finish(message, Decision::Reply(reply), &summary);
+            }
+        }
     }
 
     /// Calls into the server under `catch_unwind`; a panic becomes `451`.
@@ -401,78 +373,35 @@ impl SmtpChannel {
         (outcome, issued)
     }
 
-    fn settle_outcome(
-        &mut self,
-        kind: Kind,
-        summary: &dyn Fn() -> String,
-        (outcome, issued): (Outcome, Option<u64>),
-        chat: &mut ChatCtl,
-        ctx: &mut Ctx<'_>,
-    ) {
-        match (outcome, issued) {
-            (Outcome::Deferred, Some(ticket)) => {
-                chat.pause();
-                if let Some(idle) = self.idle.take() {
-                    ctx.cancel_timer(idle);
-                }
-                let timer = ctx.set_timer(self.shared.options.defer_timeout);
-                self.pending = Some(Pending {
-                    ticket,
-                    timer,
-                    summary: summary(),
-                    kind,
-                });
-            }
-            (Outcome::Deferred, None) => {
-                log::error!(
-                    "{}: Outcome::Deferred without ServerCtx::defer; answering 451",
-                    summary()
-                );
-                self.finish(kind, local_error(), summary);
-            }
-            (Outcome::Accept, _) if kind == Kind::Command => {
-                self.session.command_done(None, &mut self.outputs);
-            }
-            (Outcome::Accept, _) => self.finish(kind, Reply::ok(), summary),
-            (Outcome::Reply(reply), _) => self.finish(kind, reply, summary),
+    /// Gives the session the decision it waits for.
+    fn finish(&mut self, message: bool, decision: Decision, summary: &str) {
+        let code = match &decision {
+            Decision::Reply(reply) => reply.code,
+            _ => 250,
+        };
+        if message && log::log_enabled!(log::Level::Info) {
+            log::info!("{summary} -> {code}");
+        } else if log::log_enabled!(log::Level::Debug) {
+            log::debug!("{summary} -> {code}");
         }
-    }
-
-    /// Gives the session the verdict it waits for.
-    fn finish(&mut self, kind: Kind, reply: Reply, summary: &dyn Fn() -> String) {
-        match kind {
-            Kind::Message => {
-                if log::log_enabled!(log::Level::Info) {
-                    log::info!("{} -> {}", summary(), reply.code);
-                }
-                self.session.message_done(reply, &mut self.outputs);
-                if self.shutting_down {
-                    self.outputs.push(Output::Reply(self.closing_reply()));
-                    self.outputs.push(Output::Close);
-                }
-            }
-            Kind::Check | Kind::Command => {
-                if log::log_enabled!(log::Level::Debug) {
-                    log::debug!("{} -> {}", summary(), reply.code);
-                }
-                self.session.check_done(reply, &mut self.outputs);
-            }
+        if let Err(e) = self.receiver.resolve(decision, &mut self.outputs) {
+            log::error!("{summary}: {e}");
         }
     }
 
     fn complete(&mut self, completion: Completion, chat: &mut ChatCtl, ctx: &mut Ctx<'_>) {
-        let Some(pending) = self.pending.take_if(|p| p.ticket == completion.id) else {
+        let Some(deferred) = self.deferred.take_if(|p| p.ticket == completion.id) else {
             return; // a late answer: the deadline already answered 451
         };
-        ctx.cancel_timer(pending.timer);
+        ctx.cancel_timer(deferred.timer);
         let reply = completion.reply.unwrap_or_else(|| {
             log::error!(
                 "{}: deferred ticket dropped unanswered; answering 451",
-                pending.summary
+                deferred.summary
             );
             local_error()
         });
-        self.finish(pending.kind, reply, &|| pending.summary.clone());
+        self.finish(deferred.message, Decision::Reply(reply), &deferred.summary);
         self.resume(chat, ctx);
     }
 
@@ -506,174 +435,138 @@ impl SmtpChannel {
         )
     }
 
+    /// No transaction and no decision in flight: a shutdown may close now.
     fn is_idle(&self) -> bool {
-        self.pending.is_none()
-            && self.session.envelope().is_none()
-            && self.session.framing() == Framing::Line
+        self.deferred.is_none()
+            && !self.receiver.session().is_waiting()
+            && self.receiver.session().envelope().is_none()
+            && !self.receiver.in_data()
     }
 
-    fn begin_shutdown(
-        &mut self,
-        grace: std::time::Duration,
-        chat: &mut ChatCtl,
-        ctx: &mut Ctx<'_>,
-    ) {
-        self.shutting_down = true;
-        if self.is_idle() {
-            let reply = self.closing_reply();
-            self.push_reply(chat, &reply);
-            chat.close_when_done();
-        } else {
-            self.shutdown = Some(ctx.set_timer(grace));
+    fn begin_shutdown(&mut self, grace: Duration, chat: &mut ChatCtl, ctx: &mut Ctx<'_>) {
+        match self.phase {
+            Phase::Smtp if !self.is_idle() => {
+                self.phase = Phase::ShuttingDown {
+                    grace: Some(ctx.set_timer(grace)),
+                };
+            }
+            Phase::Smtp | Phase::GreetingDelay { .. } => {
+                if let Phase::GreetingDelay { timer, .. } = self.phase {
+                    ctx.cancel_timer(timer);
+                }
+                let reply = self.closing_reply();
+                self.close_with(chat, &reply);
+            }
+            Phase::ShuttingDown { .. } | Phase::Closing => {}
         }
+    }
+
+    /// Starts the SMTP dialogue: the connect decision, then the greeting.
+    fn start_session(&mut self, chat: &mut ChatCtl, ctx: &mut Ctx<'_>) {
+        self.phase = Phase::Smtp;
+        self.receiver.start(&mut self.outputs);
+        self.act(chat, ctx);
+        self.arm_idle(ctx);
     }
 }
 
 impl ChatHandler for SmtpChannel {
-    fn collect_incoming_data(&mut self, data: &[u8]) {
-        if self.greeting.is_some() {
-            self.early = true;
-            return;
+    fn collect_incoming_data(&mut self, _data: &[u8]) {
+        unreachable!("the SMTP channel takes raw input");
+    }
+
+    fn found_terminator(&mut self, _chat: &mut ChatCtl, _ctx: &mut Ctx<'_>) {
+        unreachable!("the SMTP channel takes raw input");
+    }
+
+    fn receive(&mut self, data: &[u8], chat: &mut ChatCtl, ctx: &mut Ctx<'_>) -> Option<usize> {
+        match &mut self.phase {
+            Phase::GreetingDelay { early, .. } => {
+                *early = true;
+                if memchr::memchr(b'\n', data).is_some() {
+                    // A whole line before the greeting: no need to wait for the timer.
+                    self.refuse_early_talker(chat, ctx);
+                }
+                return Some(data.len());
+            }
+            Phase::Closing => return Some(data.len()),
+            Phase::Smtp | Phase::ShuttingDown { .. } => {}
         }
-        let in_data = self.framing == Framing::Data;
-        if in_data {
+        if self.receiver.in_data() {
             if let Some(clock) = &mut self.data_clock {
                 clock.bytes += data.len();
                 clock.last = Instant::now();
             }
         }
-        if self.oversize || self.over_budget {
-            return;
-        }
-        if let Some(limit) = self.session.input_limit() {
-            if self.unit.len() + data.len() > limit {
-                self.oversize = true;
-                self.unit = Vec::new();
-                self.release_data();
-                return;
+        let mut used = 0;
+        // Decisions answered at once let the receiver go on with the same input; a deferred
+        // one pauses the chat, which keeps the rest.
+        while used < data.len() && !chat.is_paused() && !chat.is_closing() {
+            used += self.receiver.receive(&data[used..], &mut self.outputs);
+            if self.outputs.is_empty() {
+                break;
             }
+            // A unit was complete: the client has another command timeout for the next one.
+            self.arm_idle(ctx);
+            self.act(chat, ctx);
         }
-        if in_data && !self.reserve_data(data.len()) {
-            log::warn!(
-                "{}: message data memory limit reached; discarding this message",
-                self.peer
-            );
-            self.over_budget = true;
-            self.unit = Vec::new();
-            self.release_data();
-            return;
+        if self.receiver.session().is_closed() {
+            // Input after QUIT (or a refusal) is never acted on.
+            return Some(data.len());
         }
-        self.unit.extend_from_slice(data);
-    }
-
-    fn found_terminator(&mut self, chat: &mut ChatCtl, ctx: &mut Ctx<'_>) {
-        if self.greeting.is_some() || self.early {
-            return self.refuse_early_talker(chat, ctx);
-        }
-        self.arm_idle(ctx);
-        if std::mem::take(&mut self.oversize) {
-            self.session.feed_oversize(&mut self.outputs);
-        } else if std::mem::take(&mut self.over_budget) {
-            let reply = Reply::new(452, "4.3.1 Insufficient system storage");
-            self.session.feed_data_refused(reply, &mut self.outputs);
-        } else {
-            let unit = std::mem::take(&mut self.unit);
-            match self.session.framing() {
-                Framing::Line => {
-                    log::debug!(
-                        "{} command: {:?}",
-                        self.peer,
-                        String::from_utf8_lossy(&unit)
-                    );
-                    self.session.feed_line(&unit, &mut self.outputs);
-                    // Keep the allocation for the next line, unless it was a large one.
-                    if unit.capacity() <= 1024 {
-                        self.unit = unit;
-                        self.unit.clear();
-                    }
-                }
-                Framing::Data => {
-                    log::debug!("{} data: {} bytes", self.peer, unit.len());
-                    self.session.feed_data(&unit, &mut self.outputs);
-                    drop(unit);
-                    self.release_data();
-                }
-            }
-        }
-        self.act(chat, ctx);
-        if self.shutting_down && self.is_idle() && !chat.is_closing() {
-            let reply = self.closing_reply();
-            self.push_reply(chat, &reply);
-            chat.close_when_done();
-        }
+        Some(used)
     }
 
     fn on_start(&mut self, chat: &mut ChatCtl, ctx: &mut Ctx<'_>) {
-        log::debug!("{} connected", self.peer);
-        let server = self.server.clone();
-        let peer = self.peer;
-        let mut scx = ServerCtx::new(ctx);
-        let refusal = catch_unwind(AssertUnwindSafe(|| {
-            server.borrow_mut().on_connect(peer, &mut scx)
-        }))
-        .unwrap_or_else(|_| {
-            log::error!("{peer}: on_connect panicked; refusing the connection");
-            Some(Reply::new(
-                421,
-                "Service not available, closing transmission channel",
-            ))
-        });
-        if let Some(reply) = refusal {
-            log::info!("{peer}: refused at connect: {}", reply.code);
-            self.push_reply(chat, &reply);
-            chat.close_when_done();
-            return;
-        }
+        log::debug!("{} connected", self.peer());
+        self.guard.register(ctx.handle());
         if let Some(delay) = self.shared.options.greeting_delay {
-            self.greeting = Some(ctx.set_timer(delay));
+            self.phase = Phase::GreetingDelay {
+                timer: ctx.set_timer(delay),
+                early: false,
+            };
             self.arm_idle(ctx);
             return;
         }
-        self.session.start(&mut self.outputs);
-        self.act(chat, ctx);
-        self.arm_idle(ctx);
+        self.start_session(chat, ctx);
     }
 
     fn on_timer(&mut self, chat: &mut ChatCtl, ctx: &mut Ctx<'_>, timer: TimerId) {
         if self.idle == Some(timer) {
             self.idle = None;
-            log::info!("{}: idle timeout", self.peer);
+            log::info!("{}: idle timeout", self.peer());
             let reply = self.timeout_reply();
-            self.push_reply(chat, &reply);
-            chat.close_when_done();
-        } else if self.greeting == Some(timer) {
-            self.greeting = None;
-            if self.early {
-                self.refuse_early_talker(chat, ctx);
-            } else {
-                self.session.start(&mut self.outputs);
-                self.act(chat, ctx);
+            self.close_with(chat, &reply);
+        } else if let Phase::GreetingDelay { timer: t, early } = self.phase {
+            if t == timer {
+                if early {
+                    self.refuse_early_talker(chat, ctx);
+                } else {
+                    self.start_session(chat, ctx);
+                }
             }
         } else if self.data_clock.as_ref().is_some_and(|c| c.timer == timer) {
             if self.data_deadline_passed(ctx) {
                 self.data_clock = None;
                 let reply = self.timeout_reply();
-                self.push_reply(chat, &reply);
-                chat.close_when_done();
+                self.close_with(chat, &reply);
             }
-        } else if self.pending.as_ref().is_some_and(|p| p.timer == timer) {
-            let pending = self.pending.take().expect("checked above");
+        } else if self.deferred.as_ref().is_some_and(|p| p.timer == timer) {
+            let deferred = self.deferred.take().expect("checked above");
             log::warn!(
                 "{}: no answer within the deferral deadline; answering 451",
-                pending.summary
+                deferred.summary
             );
-            self.finish(pending.kind, local_error(), &|| pending.summary.clone());
+            self.finish(
+                deferred.message,
+                Decision::Reply(local_error()),
+                &deferred.summary,
+            );
             self.resume(chat, ctx);
-        } else if self.shutdown == Some(timer) {
-            self.shutdown = None;
+        } else if matches!(self.phase, Phase::ShuttingDown { grace: Some(t) } if t == timer) {
+            self.phase = Phase::ShuttingDown { grace: None };
             let reply = self.closing_reply();
-            self.push_reply(chat, &reply);
-            chat.close_when_done();
+            self.close_with(chat, &reply);
         }
     }
 
@@ -682,40 +575,37 @@ impl ChatHandler for SmtpChannel {
             Ok(completion) => return self.complete(*completion, chat, ctx),
             Err(other) => other,
         };
-        if let Ok(shutdown) = message.downcast::<ChannelShutdown>() {
-            self.begin_shutdown(shutdown.grace, chat, ctx);
+        match message.downcast::<ChannelShutdown>() {
+            Ok(shutdown) => self.begin_shutdown(shutdown.grace, chat, ctx),
+            Err(_) => log::debug!("{}: notification of an unknown type ignored", self.peer()),
         }
     }
 
     fn on_close(&mut self, _chat: &mut ChatCtl, ctx: &mut Ctx<'_>) {
-        log::debug!("{} closed", self.peer);
-        if let Some(pending) = self.pending.take() {
+        log::debug!("{} closed", self.peer());
+        if let Some(deferred) = self.deferred.take() {
             log::warn!(
                 "{}: client gone before the deferred answer",
-                pending.summary
+                deferred.summary
             );
-            ctx.cancel_timer(pending.timer);
+            ctx.cancel_timer(deferred.timer);
         }
         // Timers of a closed dispatcher would be dropped when due; cancelling frees them now.
         let data_timer = self.data_clock.take().map(|c| c.timer);
-        for timer in [
-            self.idle.take(),
-            self.shutdown.take(),
-            self.greeting.take(),
-            data_timer,
-        ]
-        .into_iter()
-        .flatten()
+        let phase_timer = match self.phase {
+            Phase::GreetingDelay { timer, .. } => Some(timer),
+            Phase::ShuttingDown { grace } => grace,
+            Phase::Smtp | Phase::Closing => None,
+        };
+        for timer in [self.idle.take(), phase_timer, data_timer]
+            .into_iter()
+            .flatten()
         {
             ctx.cancel_timer(timer);
         }
-        if self.in_transaction && !self.delivered {
+        if self.receiver.session().in_transaction() {
             self.notify_server(ctx, |server, cx| server.on_reset(cx));
         }
         self.notify_server(ctx, |server, cx| server.on_disconnect(cx));
-        self.unit = Vec::new();
-        self.release_data();
-        self.shared.channels.borrow_mut().remove(&ctx.handle());
-        self.shared.connection_closed(self.peer.ip().to_canonical());
     }
 }

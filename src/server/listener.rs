@@ -1,13 +1,10 @@
 //! [`Listener`]: the accepting half of `smtpd.SMTPServer`, and graceful shutdown.
 
 use std::any::Any;
-use std::cell::Cell;
 use std::cell::RefCell;
-use std::collections::{HashMap, HashSet};
 use std::io::{self, Write};
 use std::net::{IpAddr, SocketAddr};
 use std::rc::Rc;
-use std::sync::Arc;
 use std::time::Duration;
 
 use mio::event::Source;
@@ -15,65 +12,11 @@ use mio::net::{TcpListener, TcpStream};
 use mio::Interest;
 
 use super::channel::SmtpChannel;
+use super::shared::{ChannelShutdown, ConnectionGuard, ListenerShared};
 use super::{ServerOptions, SmtpServer};
 use crate::chat::ChatDispatcher;
 use crate::reactor::{Acceptor, AcceptorOptions, Ctx, Dispatcher, Handle, Reactor, TimerId};
 use crate::smtp::Config;
-
-/// State shared by a listener and its channels.
-pub(crate) struct ListenerShared {
-    pub(crate) options: ServerOptions,
-    pub(crate) config: Arc<Config>,
-    pub(crate) channels: RefCell<HashSet<Handle>>,
-    /// Open connections per client address.
-    pub(crate) per_ip: RefCell<HashMap<IpAddr, usize>>,
-    /// Bytes of message data held by all channels (see `ServerOptions::data_memory_limit`).
-    pub(crate) data_memory: Cell<usize>,
-    /// The verbs the server handles in `on_command` (upper-case).
-    pub(crate) server_verbs: Vec<String>,
-}
-
-impl ListenerShared {
-    /// Whether `ip` is exempt from the per-address connection cap.
-    fn is_trusted(&self, ip: IpAddr) -> bool {
-        self.options
-            .trusted_networks
-            .iter()
-            .any(|n| n.contains(&ip))
-    }
-
-    /// A channel for a client at `ip` closed.
-    pub(crate) fn connection_closed(&self, ip: IpAddr) {
-        let mut per_ip = self.per_ip.borrow_mut();
-        if let Some(n) = per_ip.get_mut(&ip) {
-            *n -= 1;
-            if *n == 0 {
-                per_ip.remove(&ip);
-            }
-        }
-    }
-
-    /// The refusal for a new connection from `ip`, if a connection cap is reached.
-    fn refusal(&self, ip: IpAddr) -> Option<String> {
-        let host = &self.options.session.hostname;
-        let max = self.options.max_connections;
-        if max > 0 && self.channels.borrow().len() >= max {
-            log::warn!("{ip}: refused, {max} connections already open");
-            return Some(format!("421 4.7.0 {host} Error: too many connections\r\n"));
-        }
-        let per_ip = self.options.max_connections_per_ip;
-        if per_ip > 0
-            && self.per_ip.borrow().get(&ip).copied().unwrap_or(0) >= per_ip
-            && !self.is_trusted(ip)
-        {
-            log::warn!("{ip}: refused, {per_ip} connections from it already open");
-            return Some(format!(
-                "421 4.7.0 {host} Error: too many connections from {ip}\r\n"
-            ));
-        }
-        None
-    }
-}
 
 /// Ask a [`Listener`] to shut down gracefully: send it with [`Reactor::notify`] or
 /// [`RemoteHandle::notify`](crate::reactor::RemoteHandle::notify) to the listener's handle.
@@ -87,11 +30,6 @@ pub struct Shutdown {
     pub grace: Duration,
 }
 
-/// Sent by the listener to each of its channels on [`Shutdown`].
-pub(crate) struct ChannelShutdown {
-    pub(crate) grace: Duration,
-}
-
 type AcceptFn = Box<dyn FnMut(TcpStream, SocketAddr, &mut Ctx<'_>)>;
 
 /// A listening SMTP server: accepts connections and runs an SMTP channel for each, all handing
@@ -100,6 +38,7 @@ type AcceptFn = Box<dyn FnMut(TcpStream, SocketAddr, &mut Ctx<'_>)>;
 pub struct Listener {
     handle: Handle,
     local_addr: SocketAddr,
+    shared: Rc<ListenerShared>,
 }
 
 impl Listener {
@@ -136,24 +75,19 @@ impl Listener {
             .validate()
             .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e.to_string()))?;
         let local_addr = listener.local_addr()?;
-        // The server's on_mail/on_rcpt hooks decide every MAIL and RCPT (the defaults accept,
-        // as CPython does).
+        // The server's hooks decide every connection, greeting, MAIL and RCPT (the defaults
+        // accept, as CPython does).
         let mut config = Config {
+            check_connect: true,
+            check_helo: true,
             check_mail: true,
             check_rcpt: true,
             ..options.session.clone()
         };
-        let server_verbs: Vec<String>;
         {
             let server = server.borrow();
-            server_verbs = server.commands().iter().map(|v| v.to_uppercase()).collect();
-            config.custom_verbs = server_verbs.clone();
-            // HELO and EHLO go to the server's on_helo unless it handles them as commands.
-            for verb in ["HELO", "EHLO"] {
-                if !config.custom_verbs.iter().any(|v| v == verb) {
-                    config.custom_verbs.push(verb.to_string());
-                }
-            }
+            // HELO and EHLO listed here go to on_command instead of on_helo.
+            config.custom_verbs = server.commands().iter().map(|v| v.to_uppercase()).collect();
             let default = crate::smtp::default_ehlo_keywords(&config);
             let mut keywords = default.clone();
             server.ehlo_keywords(&mut keywords);
@@ -161,14 +95,7 @@ impl Listener {
                 config.ehlo_keywords = Some(keywords);
             }
         }
-        let shared = Rc::new(ListenerShared {
-            config: Arc::new(config),
-            options,
-            channels: RefCell::new(HashSet::new()),
-            per_ip: RefCell::new(HashMap::new()),
-            data_memory: Cell::new(0),
-            server_verbs,
-        });
+        let shared = Rc::new(ListenerShared::new(options, config));
         let accept_shared = shared.clone();
         let on_accept: AcceptFn = Box::new(move |mut stream, peer, ctx| {
             let shared = &accept_shared;
@@ -178,16 +105,14 @@ impl Listener {
                 let _ = stream.write(refusal.as_bytes());
                 return;
             }
-            *shared.per_ip.borrow_mut().entry(ip).or_insert(0) += 1;
+            let guard = ConnectionGuard::new(shared.clone(), ip);
             let _ = stream.set_nodelay(true);
-            let channel =
-                SmtpChannel::new(shared.config.clone(), server.clone(), shared.clone(), peer);
-            let handle = ctx.spawn(ChatDispatcher::with_options(
+            let channel = SmtpChannel::new(server.clone(), shared.clone(), guard, peer);
+            ctx.spawn(ChatDispatcher::with_options(
                 stream,
                 channel,
                 shared.options.chat.clone(),
             ));
-            shared.channels.borrow_mut().insert(handle);
         });
         let acceptor = Acceptor::new(
             listener,
@@ -203,9 +128,16 @@ impl Listener {
             },
             on_accept,
         );
-        let handle = reactor.add(ListenerDispatcher { acceptor, shared })?;
+        let handle = reactor.add(ListenerDispatcher {
+            acceptor,
+            shared: shared.clone(),
+        })?;
         log::info!("listening on {local_addr}");
-        Ok(Listener { handle, local_addr })
+        Ok(Listener {
+            handle,
+            local_addr,
+            shared,
+        })
     }
 
     /// The address actually bound.
@@ -216,6 +148,24 @@ impl Listener {
     /// The listener's dispatcher handle: send it a [`Shutdown`].
     pub fn handle(&self) -> Handle {
         self.handle
+    }
+
+    /// Connections open now (counted from accept until the channel is gone, however it
+    /// ended).
+    pub fn connection_count(&self) -> usize {
+        self.shared.connections.get()
+    }
+
+    /// Connections open now from `ip` (IPv4-mapped IPv6 addresses count as IPv4).
+    pub fn connections_from(&self, ip: IpAddr) -> usize {
+        let ip = ip.to_canonical();
+        self.shared.per_ip.borrow().get(&ip).copied().unwrap_or(0)
+    }
+
+    /// Bytes of message data the listener's connections hold now (see
+    /// [`ServerOptions::data_memory_limit`]).
+    pub fn data_memory(&self) -> usize {
+        self.shared.data_memory.get()
     }
 }
 

@@ -27,6 +27,7 @@
 
 mod channel;
 mod listener;
+mod shared;
 
 pub use crate::smtp::{Message, Reply};
 pub use listener::{Listener, Shutdown};

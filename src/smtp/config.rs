@@ -56,13 +56,19 @@ pub struct Config {
     pub max_errors: usize,
     /// Policy for lone LF bytes in the message body.
     pub bare_lf: BareLf,
+    /// Ask the caller to decide each connection before the greeting
+    /// ([`Request::Connect`](super::Request::Connect)) instead of greeting at once.
+    pub check_connect: bool,
+    /// Ask the caller to decide each HELO/EHLO ([`Request::Helo`](super::Request::Helo))
+    /// before the built-in handling.
+    pub check_helo: bool,
     /// Ask the caller to decide each syntactically valid MAIL FROM
-    /// ([`Output::CheckMail`](super::Output::CheckMail)) instead of accepting it at once.
+    /// ([`Request::Mail`](super::Request::Mail)) instead of accepting it at once.
     pub check_mail: bool,
     /// Ask the caller to decide each syntactically valid RCPT TO
-    /// ([`Output::CheckRcpt`](super::Output::CheckRcpt)) instead of accepting it at once.
+    /// ([`Request::Rcpt`](super::Request::Rcpt)) instead of accepting it at once.
     pub check_rcpt: bool,
-    /// Upper-case verbs the caller handles itself ([`Output::Command`](super::Output::Command)):
+    /// Upper-case verbs the caller handles itself ([`Request::Command`](super::Request::Command)):
     /// new commands, or built-in ones it overrides (Python's `smtp_XXX` methods).
     pub custom_verbs: Vec<String>,
     /// The EHLO keywords after the hostname line, replacing the default list
@@ -82,6 +88,8 @@ impl Default for Config {
             max_recipients: 0,
             max_errors: 0,
             bare_lf: BareLf::Reject,
+            check_connect: false,
+            check_helo: false,
             check_mail: false,
             check_rcpt: false,
             custom_verbs: Vec::new(),

@@ -44,6 +44,7 @@ mod address;
 mod command;
 mod config;
 mod data;
+mod receiver;
 pub mod replies;
 mod reply;
 mod session;
@@ -55,6 +56,10 @@ pub use config::{
     BareLf, Config, ConfigError, COMMAND_SIZE_LIMIT, DATA_SIZE_DEFAULT, SIZE_EXTENSION_BYTES,
     SMTPUTF8_EXTENSION_BYTES,
 };
+pub use receiver::{MemoryBudget, Receiver};
 pub use replies::default_ehlo_keywords;
 pub use reply::Reply;
-pub use session::{AddressCheck, CommandCheck, Envelope, Framing, Message, Output, Session};
+pub use session::{
+    AddressCheck, CommandCheck, Decision, Envelope, Framing, HeloCheck, Message, Output, Request,
+    Session, UsageError,
+};

@@ -28,24 +28,96 @@ pub enum Framing {
 pub enum Output {
     /// Send this reply.
     Reply(Reply),
-    /// Deliver this message, then call [`Session::message_done`] with the
-    /// verdict. Nothing may be fed until then.
-    Message(Message),
+    /// Decide this request, then answer it with [`Session::resolve`] (or
+    /// [`Receiver::resolve`](super::Receiver::resolve)). Nothing may be fed until then.
+    Decide(Request),
+    /// The open transaction (a sender was accepted) ended without its message being handed
+    /// out: RSET, a new HELO/EHLO, a refused or oversize body, QUIT or the error limit.
+    Reset,
     /// Close the connection once everything before it has been sent.
     Close,
-    /// Decide this MAIL FROM (only with [`Config::check_mail`]), then call
-    /// [`Session::check_done`]. Nothing may be fed until then.
-    CheckMail(AddressCheck),
-    /// Decide this RCPT TO (only with [`Config::check_rcpt`]), then call
-    /// [`Session::check_done`]. Nothing may be fed until then.
-    CheckRcpt(AddressCheck),
-    /// Handle this command (its verb is in [`Config::custom_verbs`]), then call
-    /// [`Session::command_done`]. Nothing may be fed until then.
+}
+
+/// What the session asks the caller to decide ([`Output::Decide`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Request {
+    /// A client connected (only with [`Config::check_connect`]): [`Decision::Default`]
+    /// sends the `220` greeting; a `2xx` reply greets with its own text; any other reply is
+    /// sent instead of the greeting and the session closes.
+    Connect,
+    /// A `HELO` or `EHLO` (only with [`Config::check_helo`]), before the built-in checks:
+    /// [`Decision::Default`] runs CPython's handling (`250 <hostname>`, the EHLO keywords,
+    /// or its syntax and duplicate errors); a `2xx` reply greets the session with that text
+    /// (the built-in checks keep their own answers); any other reply refuses the greeting.
+    Helo(HeloCheck),
+    /// A syntactically valid `MAIL FROM` (only with [`Config::check_mail`]): a `2xx`
+    /// reply (or [`Decision::Default`], `250 OK`) starts the transaction.
+    Mail(AddressCheck),
+    /// A syntactically valid `RCPT TO` (only with [`Config::check_rcpt`]): a `2xx` reply
+    /// (or [`Decision::Default`], `250 OK`) adds the recipient.
+    Rcpt(AddressCheck),
+    /// A command whose verb is in [`Config::custom_verbs`]: [`Decision::Default`] runs the
+    /// built-in handling (CPython's; `250 OK` for a verb the session does not know).
     Command(CommandCheck),
+    /// A received message: deliver it; [`Decision::Default`] answers `250 OK`.
+    Message(Message),
+}
+
+/// The answer to a [`Request`], given to [`Session::resolve`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Decision {
+    /// What the session does without a decider: greet, run the built-in command, or
+    /// `250 OK` for a sender, a recipient or a message.
+    Default,
+    /// Answer with this reply (see each [`Request`] for what a `2xx` reply means).
+    Reply(Reply),
+}
+
+impl From<Reply> for Decision {
+    fn from(reply: Reply) -> Decision {
+        Decision::Reply(reply)
+    }
+}
+
+/// A call the session cannot take in its state: a caller bug, reported instead of ignored.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum UsageError {
+    /// [`Session::resolve`] without a pending request.
+    NothingToResolve,
+    /// Input fed while a request waits for its decision.
+    Deciding,
+    /// Input of the wrong kind for the state (a command line during DATA, a body outside it).
+    WrongFraming,
+}
+
+impl fmt::Display for UsageError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            UsageError::NothingToResolve => "resolve called without a pending request",
+            UsageError::Deciding => "input fed while a request waits for its decision",
+            UsageError::WrongFraming => "input of the wrong kind for the session's state",
+        })
+    }
+}
+
+impl std::error::Error for UsageError {}
+
+/// A `HELO`/`EHLO` waiting for a decision ([`Request::Helo`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct HeloCheck {
+    /// The name the client gave (may be empty: the built-in handling answers the syntax error).
+    pub name: String,
+    /// `EHLO` rather than `HELO`.
+    pub extended: bool,
 }
 
 /// A command whose verb the caller handles itself.
 #[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct CommandCheck {
     /// The verb, upper-cased.
     pub verb: String,
@@ -55,6 +127,7 @@ pub struct CommandCheck {
 
 /// A MAIL FROM or RCPT TO that passed the syntax checks and waits for a decision.
 #[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct AddressCheck {
     /// The address without angle brackets (`"<>"` for the null reverse-path).
     pub address: String,
@@ -62,15 +135,20 @@ pub struct AddressCheck {
     pub options: Vec<String>,
 }
 
-/// A decision the session is waiting for.
+/// What a pending decision is about; lives in [`State::Deciding`].
 #[derive(Debug)]
 enum Pending {
+    Connect,
+    Helo {
+        extended: bool,
+        name: String,
+    },
     /// The envelope MAIL would start.
     Mail(Envelope),
     /// A recipient and its parameters.
     Rcpt(String, Vec<String>),
-    /// A command the caller handles.
     Command(String, String),
+    Message,
 }
 
 /// A received message, as CPython hands it to `process_message`.
@@ -117,30 +195,26 @@ enum State {
     /// Reading commands; `envelope` is set between MAIL and the end of the
     /// transaction.
     Command { envelope: Option<Envelope> },
+    /// Waiting for the caller's [`Decision`] on `what`; `envelope` is the transaction as it
+    /// was when the request was made (none for a message: it was handed out).
+    Deciding {
+        envelope: Option<Envelope>,
+        what: Pending,
+    },
     /// Reading the message body after `354`.
     Data { envelope: Envelope },
-    /// A message was handed out; waiting for [`Session::message_done`].
-    Waiting,
-    /// QUIT was received.
+    /// QUIT was received, the connection was refused, or the error limit was reached.
     Closed,
 }
 
-/// The server side of one SMTP connection, without I/O.
-///
-/// Feed it framed input ([`Session::feed_line`], [`Session::feed_data`],
-/// [`Session::feed_oversize`]) and send what it pushes to `out`.
+/// The server side of one SMTP connection, without I/O: the meaning of command lines and
+/// bodies. [`Receiver`](super::Receiver) frames bytes for it; use that.
 pub struct Session {
     config: Arc<Config>,
     peer: SocketAddr,
-    /// The HELO/EHLO argument once accepted.
-    helo: Option<String>,
-    /// Whether the greeting was EHLO.
-    esmtp: bool,
-    /// The length limit of a MAIL line (grows with EHLO extensions).
-    mail_limit: usize,
+    /// The HELO/EHLO argument once accepted, and whether it was EHLO.
+    greeting: Option<(String, bool)>,
     state: State,
-    /// A MAIL or RCPT waiting for [`Session::check_done`].
-    pending: Option<Pending>,
     /// Protocol errors so far (see [`Config::max_errors`]).
     errors: usize,
 }
@@ -149,9 +223,7 @@ impl fmt::Debug for Session {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Session")
             .field("peer", &self.peer)
-            .field("helo", &self.helo)
-            .field("esmtp", &self.esmtp)
-            .field("mail_limit", &self.mail_limit)
+            .field("greeting", &self.greeting)
             .field("state", &self.state)
             .finish_non_exhaustive()
     }
@@ -159,6 +231,10 @@ impl fmt::Debug for Session {
 
 fn push(out: &mut Vec<Output>, reply: impl Into<Reply>) {
     out.push(Output::Reply(reply.into()));
+}
+
+fn is_positive(reply: &Reply) -> bool {
+    (200..300).contains(&reply.code)
 }
 
 impl Session {
@@ -169,19 +245,25 @@ impl Session {
         Session {
             config,
             peer,
-            helo: None,
-            esmtp: false,
-            mail_limit: COMMAND_SIZE_LIMIT,
+            greeting: None,
             state: State::Command { envelope: None },
-            pending: None,
             errors: 0,
         }
     }
 
-    /// Pushes the `220` greeting. Call once, before feeding anything.
+    /// Pushes the `220` greeting, or [`Request::Connect`] with [`Config::check_connect`].
+    /// Call once, before feeding anything.
     pub fn start(&mut self, out: &mut Vec<Output>) {
         log::debug!("smtp session with {}", self.peer);
-        out.push(Output::Reply(replies::greeting(&self.config)));
+        if self.config.check_connect {
+            self.state = State::Deciding {
+                envelope: None,
+                what: Pending::Connect,
+            };
+            out.push(Output::Decide(Request::Connect));
+        } else {
+            out.push(Output::Reply(replies::greeting(&self.config)));
+        }
     }
 
     /// What the caller must frame next.
@@ -202,16 +284,16 @@ impl Session {
                 0 => None,
                 n => Some(n),
             },
-            _ => Some(self.mail_limit.max(COMMAND_SIZE_LIMIT)),
+            _ => Some(self.mail_limit().max(COMMAND_SIZE_LIMIT)),
         }
     }
 
-    /// Whether a message was handed out and [`Session::message_done`] is due.
+    /// Whether a request waits for [`Session::resolve`]: nothing may be fed until then.
     pub fn is_waiting(&self) -> bool {
-        matches!(self.state, State::Waiting) || self.pending.is_some()
+        matches!(self.state, State::Deciding { .. })
     }
 
-    /// Whether QUIT was received.
+    /// Whether the session ended (QUIT, a refused connection, the error limit).
     pub fn is_closed(&self) -> bool {
         matches!(self.state, State::Closed)
     }
@@ -220,20 +302,37 @@ impl Session {
     /// out or the transaction is reset.
     pub fn envelope(&self) -> Option<&Envelope> {
         match &self.state {
-            State::Command { envelope } => envelope.as_ref(),
+            State::Command { envelope } | State::Deciding { envelope, .. } => envelope.as_ref(),
             State::Data { envelope } => Some(envelope),
-            State::Waiting | State::Closed => None,
+            State::Closed => None,
+        }
+    }
+
+    /// Whether a transaction is open: a sender accepted or being decided, and its message
+    /// not handed out yet. When the connection ends in this state, the transaction ends
+    /// without delivery.
+    pub fn in_transaction(&self) -> bool {
+        match &self.state {
+            State::Deciding {
+                what: Pending::Mail(_),
+                ..
+            } => true,
+            State::Deciding {
+                what: Pending::Message,
+                ..
+            } => false,
+            _ => self.envelope().is_some(),
         }
     }
 
     /// The HELO/EHLO argument, once accepted.
     pub fn helo(&self) -> Option<&str> {
-        self.helo.as_deref()
+        self.greeting.as_ref().map(|(name, _)| name.as_str())
     }
 
     /// Whether the client greeted with EHLO.
     pub fn is_esmtp(&self) -> bool {
-        self.esmtp
+        matches!(self.greeting, Some((_, true)))
     }
 
     /// The client's address.
@@ -241,11 +340,30 @@ impl Session {
         self.peer
     }
 
+    /// The settings of this session.
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// The length limit of a MAIL line: 512, plus what the EHLO extensions add.
+    fn mail_limit(&self) -> usize {
+        let mut limit = COMMAND_SIZE_LIMIT;
+        if self.is_esmtp() {
+            if self.config.data_size_limit != 0 {
+                limit += SIZE_EXTENSION_BYTES;
+            }
+            if self.config.enable_smtputf8 {
+                limit += SMTPUTF8_EXTENSION_BYTES;
+            }
+        }
+        limit
+    }
+
     /// The limit for one command line, as CPython's `command_size_limits`:
     /// 512, except MAIL after EHLO.
     fn command_limit(&self, verb: &str) -> usize {
-        if self.esmtp && verb == "MAIL" {
-            self.mail_limit
+        if verb == "MAIL" {
+            self.mail_limit()
         } else {
             COMMAND_SIZE_LIMIT
         }
@@ -256,24 +374,48 @@ impl Session {
         self.envelope().is_some_and(|e| e.smtputf8)
     }
 
-    /// Ends the transaction, keeping the greeting.
-    fn reset(&mut self) {
+    /// Ends the transaction, keeping the greeting; reports it when one was open.
+    fn reset(&mut self, out: &mut Vec<Output>) {
+        if self.envelope().is_some() {
+            out.push(Output::Reset);
+        }
         self.state = State::Command { envelope: None };
+    }
+
+    /// Waits for a decision on `what`, keeping the transaction as it is.
+    fn decide(&mut self, what: Pending, request: Request, out: &mut Vec<Output>) {
+        let envelope = match std::mem::replace(&mut self.state, State::Closed) {
+            State::Command { envelope } => envelope,
+            State::Data { envelope } => Some(envelope),
+            State::Deciding { envelope, .. } => envelope,
+            State::Closed => None,
+        };
+        self.state = State::Deciding { envelope, what };
+        out.push(Output::Decide(request));
     }
 
     /// Feeds one command line without its CRLF.
     ///
-    /// Pushes exactly one reply (QUIT adds [`Output::Close`]). Lines
-    /// containing a CR or LF, lines that are not UTF-8, and empty lines get
-    /// `500 Error: bad syntax`. Ignored after QUIT; a caller bug in the
-    /// other non-command states.
+    /// Pushes exactly one reply (QUIT adds [`Output::Close`]) or one
+    /// [`Output::Decide`]. Lines containing a CR or LF, lines that are not UTF-8, and empty
+    /// lines get `500 Error: bad syntax`. Ignored after the session closed.
     ///
     /// With [`Config::max_errors`], the reply that makes the error count reach the limit is
     /// followed by `421 4.7.0 ... too many errors` and [`Output::Close`].
-    pub fn feed_line(&mut self, line: &[u8], out: &mut Vec<Output>) {
+    ///
+    /// # Errors
+    /// [`UsageError`] while a decision is pending or during DATA; nothing changes.
+    pub fn feed_line(&mut self, line: &[u8], out: &mut Vec<Output>) -> Result<(), UsageError> {
+        match self.state {
+            State::Command { .. } => {}
+            State::Closed => return Ok(()),
+            State::Deciding { .. } => return Err(UsageError::Deciding),
+            State::Data { .. } => return Err(UsageError::WrongFraming),
+        }
         let before = out.len();
         self.command_line(line, out);
         self.count_errors(before, out);
+        Ok(())
     }
 
     /// Counts the protocol errors among `out[before..]`; closes the session at the limit.
@@ -290,10 +432,12 @@ impl Session {
                 self.peer,
                 self.errors
             );
+            if self.in_transaction() {
+                out.push(Output::Reset);
+            }
             out.push(Output::Reply(replies::too_many_errors(&self.config)));
             out.push(Output::Close);
             self.state = State::Closed;
-            self.pending = None;
         }
     }
 
@@ -303,18 +447,6 @@ impl Session {
     }
 
     fn command_line(&mut self, line: &[u8], out: &mut Vec<Output>) {
-        if self.pending.is_some() {
-            debug_assert!(false, "feed_line while a check is pending");
-            return;
-        }
-        match self.state {
-            State::Command { .. } => {}
-            State::Closed => return,
-            State::Data { .. } | State::Waiting => {
-                debug_assert!(false, "feed_line in state {:?}", self.state);
-                return;
-            }
-        }
         if line.is_empty() || memchr::memchr2(b'\r', b'\n', line).is_some() {
             return push(out, replies::BAD_SYNTAX);
         }
@@ -326,12 +458,21 @@ impl Session {
             return push(out, replies::LINE_TOO_LONG);
         }
         if self.config.custom_verbs.contains(&cmd.verb) {
-            out.push(Output::Command(CommandCheck {
+            let request = Request::Command(CommandCheck {
                 verb: cmd.verb.clone(),
                 arg: cmd.arg.to_owned(),
-            }));
-            self.pending = Some(Pending::Command(cmd.verb, cmd.arg.to_owned()));
-            return;
+            });
+            return self.decide(Pending::Command(cmd.verb, cmd.arg.to_owned()), request, out);
+        }
+        let hello = cmd.verb == "HELO" || cmd.verb == "EHLO";
+        if hello && self.config.check_helo {
+            let extended = cmd.verb == "EHLO";
+            let name = cmd.arg.to_owned();
+            let request = Request::Helo(HeloCheck {
+                name: name.clone(),
+                extended,
+            });
+            return self.decide(Pending::Helo { extended, name }, request, out);
         }
         self.run(&cmd.verb, cmd.arg, out);
     }
@@ -348,17 +489,20 @@ impl Session {
             Verb::Noop if arg.is_empty() => push(out, replies::OK),
             Verb::Noop => push(out, replies::NOOP_SYNTAX),
             Verb::Quit => {
+                if self.in_transaction() {
+                    out.push(Output::Reset);
+                }
                 push(out, replies::BYE);
                 out.push(Output::Close);
                 self.state = State::Closed;
             }
             Verb::Help if arg.is_empty() => push(out, replies::HELP_ALL),
-            Verb::Help => push(out, replies::help(arg, self.esmtp)),
+            Verb::Help => push(out, replies::help(arg, self.is_esmtp())),
             Verb::Vrfy => self.vrfy(arg, out),
             Verb::Mail => self.mail(arg, out),
             Verb::Rcpt => self.rcpt(arg, out),
             Verb::Rset if arg.is_empty() => {
-                self.reset();
+                self.reset(out);
                 push(out, replies::OK);
             }
             Verb::Rset => push(out, replies::RSET_SYNTAX),
@@ -376,22 +520,16 @@ impl Session {
             };
             return push(out, syntax);
         }
-        if self.helo.is_some() {
+        if self.greeting.is_some() {
             return push(out, replies::DUPLICATE_HELO);
         }
-        self.reset();
-        self.helo = Some(arg.to_owned());
-        if !extended {
-            return push(out, replies::helo(&self.config));
+        self.reset(out);
+        self.greeting = Some((arg.to_owned(), extended));
+        if extended {
+            push(out, replies::ehlo(&self.config));
+        } else {
+            push(out, replies::helo(&self.config));
         }
-        self.esmtp = true;
-        if self.config.data_size_limit != 0 {
-            self.mail_limit += SIZE_EXTENSION_BYTES;
-        }
-        if self.config.enable_smtputf8 {
-            self.mail_limit += SMTPUTF8_EXTENSION_BYTES;
-        }
-        push(out, replies::ehlo(&self.config));
     }
 
     fn vrfy(&mut self, arg: &str, out: &mut Vec<Output>) {
@@ -407,10 +545,11 @@ impl Session {
     }
 
     fn mail(&mut self, arg: &str, out: &mut Vec<Output>) {
-        if self.helo.is_none() {
+        if self.greeting.is_none() {
             return push(out, replies::SEND_HELO_FIRST);
         }
-        let syntax = replies::mail_syntax(self.esmtp);
+        let esmtp = self.is_esmtp();
+        let syntax = replies::mail_syntax(esmtp);
         let arg = command::strip_keyword("FROM:", arg);
         let Ok(Path {
             address,
@@ -420,7 +559,7 @@ impl Session {
         else {
             return push(out, syntax);
         };
-        if !self.esmtp && !rest.is_empty() {
+        if !esmtp && !rest.is_empty() {
             return push(out, syntax);
         }
         if self.envelope().is_some() {
@@ -471,12 +610,11 @@ impl Session {
             smtputf8,
         };
         if self.config.check_mail {
-            out.push(Output::CheckMail(AddressCheck {
+            let request = Request::Mail(AddressCheck {
                 address: envelope.mail_from.clone(),
                 options: envelope.mail_options.clone(),
-            }));
-            self.pending = Some(Pending::Mail(envelope));
-            return;
+            });
+            return self.decide(Pending::Mail(envelope), request, out);
         }
         self.state = State::Command {
             envelope: Some(envelope),
@@ -485,11 +623,12 @@ impl Session {
     }
 
     fn rcpt(&mut self, arg: &str, out: &mut Vec<Output>) {
-        if self.helo.is_none() {
+        if self.greeting.is_none() {
             return push(out, replies::SEND_HELO_FIRST);
         }
-        let esmtp = self.esmtp;
+        let esmtp = self.is_esmtp();
         let max = self.config.max_recipients;
+        let check = self.config.check_rcpt;
         let State::Command {
             envelope: Some(envelope),
         } = &mut self.state
@@ -522,42 +661,72 @@ impl Session {
         if max != 0 && envelope.rcpt_tos.len() >= max {
             return push(out, replies::TOO_MANY_RECIPIENTS);
         }
-        if self.config.check_rcpt {
-            out.push(Output::CheckRcpt(AddressCheck {
+        if check {
+            let request = Request::Rcpt(AddressCheck {
                 address: address.clone(),
                 options: options.clone(),
-            }));
-            self.pending = Some(Pending::Rcpt(address, options));
-            return;
+            });
+            return self.decide(Pending::Rcpt(address, options), request, out);
         }
         envelope.rcpt_tos.push(address);
         envelope.rcpt_options = options;
         push(out, replies::OK);
     }
 
-    /// Gives the decision on the last [`Output::CheckMail`] or [`Output::CheckRcpt`]: a `2xx`
-    /// reply accepts the sender (starting the transaction) or the recipient (adding it to the
-    /// envelope); any other reply refuses it and leaves the transaction as it was. The reply
-    /// is pushed as given. Ignored (a caller bug) when no check is pending.
-    pub fn check_done(&mut self, reply: Reply, out: &mut Vec<Output>) {
-        if let Some(Pending::Command(..)) = self.pending {
-            return self.command_done(Some(reply), out);
+    /// Answers the pending [`Request`] (see there for what each decision means) and pushes
+    /// what follows.
+    ///
+    /// # Errors
+    /// [`UsageError::NothingToResolve`] when no request is pending; nothing changes.
+    pub fn resolve(&mut self, decision: Decision, out: &mut Vec<Output>) -> Result<(), UsageError> {
+        if !self.is_waiting() {
+            return Err(UsageError::NothingToResolve);
         }
-        let Some(pending) = self.pending.take() else {
-            debug_assert!(false, "check_done without a pending check");
-            return;
+        let State::Deciding { envelope, what } = std::mem::replace(&mut self.state, State::Closed)
+        else {
+            unreachable!("checked by is_waiting");
         };
-        if (200..300).contains(&reply.code) {
-            match pending {
-                Pending::Mail(envelope) => {
+        self.state = State::Command { envelope };
+        let before = out.len();
+        match what {
+            Pending::Connect => match decision {
+                Decision::Default => push(out, replies::greeting(&self.config)),
+                Decision::Reply(reply) if is_positive(&reply) => out.push(Output::Reply(reply)),
+                Decision::Reply(reply) => {
+                    out.push(Output::Reply(reply));
+                    out.push(Output::Close);
+                    self.state = State::Closed;
+                }
+            },
+            Pending::Helo { extended, name } => {
+                let verb = if extended { "EHLO" } else { "HELO" };
+                match decision {
+                    Decision::Default => self.run(verb, &name, out),
+                    Decision::Reply(reply) if is_positive(&reply) => {
+                        self.greet_with(verb, &name, reply, out);
+                    }
+                    Decision::Reply(reply) => out.push(Output::Reply(reply)),
+                }
+            }
+            Pending::Mail(new) => {
+                let reply = match decision {
+                    Decision::Default => replies::OK.reply(),
+                    Decision::Reply(reply) => reply,
+                };
+                // A refused sender never opened a transaction: nothing to reset.
+                if is_positive(&reply) {
                     self.state = State::Command {
-                        envelope: Some(envelope),
+                        envelope: Some(new),
                     };
                 }
-                Pending::Command(verb, _) => {
-                    debug_assert!(false, "check_done for command {verb}");
-                }
-                Pending::Rcpt(address, options) => {
+                out.push(Output::Reply(reply));
+            }
+            Pending::Rcpt(address, options) => {
+                let reply = match decision {
+                    Decision::Default => replies::OK.reply(),
+                    Decision::Reply(reply) => reply,
+                };
+                if is_positive(&reply) {
                     if let State::Command {
                         envelope: Some(envelope),
                     } = &mut self.state
@@ -566,47 +735,52 @@ impl Session {
                         envelope.rcpt_options = options;
                     }
                 }
+                out.push(Output::Reply(reply));
             }
-        }
-        out.push(Output::Reply(reply));
-    }
-
-    /// Gives the outcome of the last [`Output::Command`]: `Some(reply)` is pushed as the
-    /// answer; `None` runs the command the built-in way (CPython's behaviour; `250 OK` for a
-    /// verb the session does not know). Ignored (a caller bug) when no command is pending.
-    pub fn command_done(&mut self, reply: Option<Reply>, out: &mut Vec<Output>) {
-        let Some(Pending::Command(verb, arg)) = self.pending.take() else {
-            debug_assert!(false, "command_done without a pending command");
-            return;
-        };
-        let before = out.len();
-        match reply {
-            // A greeting the caller accepts with its own text still greets the session; the
-            // built-in checks (syntax, duplicate) keep their own answers.
-            Some(reply)
-                if (200..300).contains(&reply.code) && matches!(verb.as_str(), "HELO" | "EHLO") =>
-            {
-                let mut own = Vec::new();
-                self.run(&verb, &arg, &mut own);
-                for output in own {
-                    match output {
-                        Output::Reply(r) if (200..300).contains(&r.code) => {
-                            out.push(Output::Reply(reply.clone()));
-                        }
-                        other => out.push(other),
-                    }
+            Pending::Command(verb, arg) => match decision {
+                // An overridden HELO/EHLO answered with the caller's own 2xx still greets.
+                Decision::Reply(reply)
+                    if is_positive(&reply) && matches!(verb.as_str(), "HELO" | "EHLO") =>
+                {
+                    self.greet_with(&verb, &arg, reply, out);
                 }
+                Decision::Reply(reply) => out.push(Output::Reply(reply)),
+                Decision::Default if Verb::from_upper(&verb).is_some() => {
+                    self.run(&verb, &arg, out)
+                }
+                Decision::Default => push(out, replies::OK),
+            },
+            Pending::Message => {
+                let reply = match decision {
+                    Decision::Default => replies::OK.reply(),
+                    Decision::Reply(reply) => reply,
+                };
+                self.state = State::Command { envelope: None };
+                out.push(Output::Reply(reply));
+                return Ok(());
             }
-            Some(reply) => out.push(Output::Reply(reply)),
-            None if Verb::from_upper(&verb).is_some() => self.run(&verb, &arg, out),
-            None => push(out, replies::OK),
         }
         // Errors answered here count as if the line had been run at once.
         self.count_errors(before, out);
+        Ok(())
+    }
+
+    /// A greeting the caller accepted with its own text: it greets the session as the
+    /// built-in would, with `reply` in place of the built-in `2xx`; the built-in checks
+    /// (syntax, duplicate) keep their own answers.
+    fn greet_with(&mut self, verb: &str, name: &str, reply: Reply, out: &mut Vec<Output>) {
+        let mut own = Vec::new();
+        self.run(verb, name, &mut own);
+        for output in own {
+            match output {
+                Output::Reply(r) if is_positive(&r) => out.push(Output::Reply(reply.clone())),
+                other => out.push(other),
+            }
+        }
     }
 
     fn data(&mut self, arg: &str, out: &mut Vec<Output>) {
-        if self.helo.is_none() {
+        if self.greeting.is_none() {
             return push(out, replies::SEND_HELO_FIRST);
         }
         if self.envelope().is_none_or(|e| e.rcpt_tos.is_empty()) {
@@ -617,7 +791,7 @@ impl Session {
         }
         if let State::Command {
             envelope: Some(envelope),
-        } = std::mem::replace(&mut self.state, State::Waiting)
+        } = std::mem::replace(&mut self.state, State::Closed)
         {
             self.state = State::Data { envelope };
         }
@@ -628,21 +802,25 @@ impl Session {
     /// the final `\r\n.\r\n` (empty for a `.` right after DATA). Lines are
     /// CRLF-separated with no trailing CRLF.
     ///
-    /// Pushes [`Output::Message`] and starts waiting, or pushes a refusal
+    /// Pushes [`Request::Message`] and starts waiting, or pushes a refusal
     /// (too much data, bare LF, not UTF-8) and ends the transaction.
-    pub fn feed_data(&mut self, body: &[u8], out: &mut Vec<Output>) {
-        let envelope = match std::mem::replace(&mut self.state, State::Waiting) {
+    ///
+    /// # Errors
+    /// [`UsageError::WrongFraming`] outside DATA; nothing changes.
+    pub fn feed_data(&mut self, body: &[u8], out: &mut Vec<Output>) -> Result<(), UsageError> {
+        let envelope = match std::mem::replace(&mut self.state, State::Closed) {
             State::Data { envelope } => envelope,
             other => {
-                debug_assert!(false, "feed_data in state {other:?}");
                 self.state = other;
-                return;
+                return Err(UsageError::WrongFraming);
             }
         };
         let limit = self.config.data_size_limit;
         if limit != 0 && body.len() > limit {
-            self.reset();
-            return push(out, replies::TOO_MUCH_DATA);
+            self.state = State::Data { envelope };
+            self.reset(out);
+            push(out, replies::TOO_MUCH_DATA);
+            return Ok(());
         }
         let policy = DataPolicy {
             bare_lf: self.config.bare_lf,
@@ -657,19 +835,24 @@ impl Session {
                     data.len(),
                     envelope.rcpt_tos.len()
                 );
-                out.push(Output::Message(Message {
+                self.state = State::Deciding {
+                    envelope: None,
+                    what: Pending::Message,
+                };
+                out.push(Output::Decide(Request::Message(Message {
                     peer: self.peer,
-                    helo: self.helo.clone(),
+                    helo: self.helo().map(str::to_owned),
                     mail_from: envelope.mail_from,
                     rcpt_tos: envelope.rcpt_tos,
                     data,
                     mail_options: envelope.mail_options,
                     rcpt_options: envelope.rcpt_options,
                     smtputf8: envelope.smtputf8,
-                }));
+                })));
             }
             Err(err) => {
-                self.reset();
+                self.state = State::Data { envelope };
+                self.reset(out);
                 push(
                     out,
                     match err {
@@ -679,13 +862,17 @@ impl Session {
                 );
             }
         }
+        Ok(())
     }
 
     /// Reports that the caller discarded a unit longer than
     /// [`Session::input_limit`]: a command line gets `500 Error: line too
     /// long`; a DATA body gets `552 Error: Too much mail data` and the
     /// transaction ends (the session is back in command state).
-    pub fn feed_oversize(&mut self, out: &mut Vec<Output>) {
+    ///
+    /// # Errors
+    /// [`UsageError::Deciding`] while a decision is pending; nothing changes.
+    pub fn feed_oversize(&mut self, out: &mut Vec<Output>) -> Result<(), UsageError> {
         match self.state {
             State::Command { .. } => {
                 let before = out.len();
@@ -693,33 +880,32 @@ impl Session {
                 self.count_errors(before, out);
             }
             State::Data { .. } => {
-                self.reset();
+                self.reset(out);
                 push(out, replies::TOO_MUCH_DATA);
             }
             State::Closed => {}
-            State::Waiting => debug_assert!(false, "feed_oversize while waiting"),
+            State::Deciding { .. } => return Err(UsageError::Deciding),
         }
+        Ok(())
     }
 
     /// Reports that the caller discarded a DATA body for a reason of its own (the server ran
     /// out of memory for message data): pushes `reply` and ends the transaction, as
-    /// [`feed_data`](Self::feed_data) does for a refused body. Ignored outside DATA.
-    pub fn feed_data_refused(&mut self, reply: Reply, out: &mut Vec<Output>) {
+    /// [`feed_data`](Self::feed_data) does for a refused body.
+    ///
+    /// # Errors
+    /// [`UsageError::WrongFraming`] outside DATA; nothing changes.
+    pub fn feed_data_refused(
+        &mut self,
+        reply: Reply,
+        out: &mut Vec<Output>,
+    ) -> Result<(), UsageError> {
         if let State::Data { .. } = self.state {
-            self.reset();
+            self.reset(out);
             out.push(Output::Reply(reply));
+            Ok(())
+        } else {
+            Err(UsageError::WrongFraming)
         }
-    }
-
-    /// Gives the verdict on the last [`Output::Message`]: pushes `reply`
-    /// (use [`Reply::ok`] for `250 OK`) and returns to command state with
-    /// no transaction. Ignored (a caller bug) when not waiting.
-    pub fn message_done(&mut self, reply: Reply, out: &mut Vec<Output>) {
-        if !self.is_waiting() {
-            debug_assert!(false, "message_done in state {:?}", self.state);
-            return;
-        }
-        self.reset();
-        out.push(Output::Reply(reply));
     }
 }

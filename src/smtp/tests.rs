@@ -81,12 +81,15 @@ fn session_in_data() -> Session {
 
 fn feed(s: &mut Session, line: &[u8]) -> Vec<Output> {
     let mut out = Vec::new();
-    s.feed_line(line, &mut out);
+    s.feed_line(line, &mut out)
+        .expect("the session takes a line");
     out
 }
 
 fn one_reply(s: &mut Session, line: &[u8]) -> Reply {
-    let out = feed(s, line);
+    let mut out = feed(s, line);
+    // The end of a transaction is reported besides the reply (RSET, HELO, QUIT).
+    out.retain(|o| *o != Output::Reset);
     match out.as_slice() {
         [Output::Reply(r)] => r.clone(),
         other => panic!("expected one reply to {line:?}, got {other:?}"),
@@ -120,7 +123,8 @@ fn dialogue(s: &mut Session, steps: &[(&str, Canned)]) {
 
 fn data(s: &mut Session, body: &[u8]) -> Vec<Output> {
     let mut out = Vec::new();
-    s.feed_data(body, &mut out);
+    s.feed_data(body, &mut out)
+        .expect("the session takes a body");
     out
 }
 
@@ -128,14 +132,15 @@ fn message(s: &mut Session, body: &[u8]) -> Message {
     let out = data(s, body);
     assert!(s.is_waiting());
     match out.as_slice() {
-        [Output::Message(m)] => m.clone(),
+        [Output::Decide(Request::Message(m))] => m.clone(),
         other => panic!("expected a message, got {other:?}"),
     }
 }
 
+/// A refused body: the transaction ends ([`Output::Reset`]) with one reply.
 fn data_reply(s: &mut Session, body: &[u8]) -> Reply {
     match data(s, body).as_slice() {
-        [Output::Reply(r)] => r.clone(),
+        [Output::Reset, Output::Reply(r)] => r.clone(),
         other => panic!("expected a reply, got {other:?}"),
     }
 }
@@ -305,13 +310,17 @@ fn quit_replies_then_closes() {
         let out = feed(&mut s, line.as_bytes());
         assert_eq!(
             out,
-            vec![Output::Reply(replies::BYE.reply()), Output::Close]
+            vec![
+                Output::Reset,
+                Output::Reply(replies::BYE.reply()),
+                Output::Close
+            ]
         );
         assert!(s.is_closed());
         assert!(s.envelope().is_none());
         assert!(feed(&mut s, b"NOOP").is_empty());
         let mut out = Vec::new();
-        s.feed_oversize(&mut out);
+        s.feed_oversize(&mut out).unwrap();
         assert!(out.is_empty());
     }
 }
@@ -764,7 +773,7 @@ fn data_round_trip_and_verdict() {
     assert!(s.envelope().is_none());
     assert_eq!(s.framing(), Framing::Line);
     let mut out = Vec::new();
-    s.message_done(Reply::ok(), &mut out);
+    s.resolve(Decision::Reply(Reply::ok()), &mut out).unwrap();
     assert_eq!(out, vec![Output::Reply(replies::OK.reply())]);
     assert!(!s.is_waiting());
     assert!(s.envelope().is_none());
@@ -777,7 +786,11 @@ fn custom_verdict_from_parse() {
     let mut s = session_in_data();
     let _ = message(&mut s, b"return status");
     let mut out = Vec::new();
-    s.message_done(Reply::parse("250 Okish").unwrap(), &mut out);
+    s.resolve(
+        Decision::Reply(Reply::parse("250 Okish").unwrap()),
+        &mut out,
+    )
+    .unwrap();
     assert_eq!(out, vec![Output::Reply(Reply::new(250, "Okish"))]);
 }
 
@@ -866,7 +879,8 @@ fn several_messages_in_one_session() {
         let m = message(&mut s, b"test");
         assert_eq!(m.mail_from, format!("{n}@a"));
         let mut out = Vec::new();
-        s.message_done(Reply::new(550, "No"), &mut out);
+        s.resolve(Decision::Reply(Reply::new(550, "No")), &mut out)
+            .unwrap();
         assert_eq!(out, vec![Output::Reply(Reply::new(550, "No"))]);
     }
 }
@@ -877,7 +891,7 @@ fn several_messages_in_one_session() {
 fn oversize_line() {
     let mut s = session_after_helo();
     let mut out = Vec::new();
-    s.feed_oversize(&mut out);
+    s.feed_oversize(&mut out).unwrap();
     assert_eq!(out, vec![Output::Reply(replies::LINE_TOO_LONG.reply())]);
     let line = format!("MAIL from: {}@example", "a".repeat(512));
     expect_canned(&mut s, &line, replies::LINE_TOO_LONG);
@@ -888,8 +902,11 @@ fn oversize_line() {
 fn oversize_data_resets_to_command_state() {
     let mut s = session_in_data();
     let mut out = Vec::new();
-    s.feed_oversize(&mut out);
-    assert_eq!(out, vec![Output::Reply(replies::TOO_MUCH_DATA.reply())]);
+    s.feed_oversize(&mut out).unwrap();
+    assert_eq!(
+        out,
+        vec![Output::Reset, Output::Reply(replies::TOO_MUCH_DATA.reply())]
+    );
     assert_eq!(s.framing(), Framing::Line);
     assert!(s.envelope().is_none());
     assert!(!s.is_waiting());
@@ -989,20 +1006,40 @@ fn command_limit_without_size() {
 // ---- caller bugs ---------------------------------------------------------------
 
 #[test]
-#[cfg(debug_assertions)]
-#[should_panic(expected = "feed_line in state Waiting")]
-fn feeding_while_waiting_is_a_caller_bug() {
+fn feeding_while_waiting_is_an_error() {
     let mut s = session_in_data();
     let _ = message(&mut s, b"x");
-    let _ = feed(&mut s, b"NOOP");
+    let mut out = Vec::new();
+    assert_eq!(s.feed_line(b"NOOP", &mut out), Err(UsageError::Deciding));
+    assert_eq!(s.feed_data(b"x", &mut out), Err(UsageError::WrongFraming));
+    assert_eq!(s.feed_oversize(&mut out), Err(UsageError::Deciding));
+    assert!(out.is_empty());
+    assert!(s.is_waiting(), "nothing changed");
 }
 
 #[test]
-#[cfg(debug_assertions)]
-#[should_panic(expected = "message_done")]
-fn message_done_without_message_is_a_caller_bug() {
+fn resolving_without_a_request_is_an_error() {
     let mut s = session_greeted();
-    s.message_done(Reply::ok(), &mut Vec::new());
+    let mut out = Vec::new();
+    assert_eq!(
+        s.resolve(Decision::Default, &mut out),
+        Err(UsageError::NothingToResolve)
+    );
+    assert!(out.is_empty());
+    // The session is unchanged and still works.
+    expect(&mut s, "HELO client.example", &format!("250 {HOST}"));
+}
+
+#[test]
+fn a_body_fed_outside_data_is_an_error() {
+    let mut s = session_after_helo();
+    let mut out = Vec::new();
+    assert_eq!(s.feed_data(b"x", &mut out), Err(UsageError::WrongFraming));
+    assert_eq!(
+        s.feed_data_refused(Reply::new(452, "no"), &mut out),
+        Err(UsageError::WrongFraming)
+    );
+    assert!(out.is_empty());
 }
 
 // ---- Reply ---------------------------------------------------------------------
@@ -1085,6 +1122,8 @@ fn config_validation() {
 
 /// Checks that `out` is exactly one well-formed reply, plus Close after 221.
 fn assert_one_wellformed_reply(out: &[Output]) {
+    // The end of a transaction may be reported first (RSET, HELO, QUIT).
+    let out = out.strip_prefix(&[Output::Reset]).unwrap_or(out);
     let reply = match out {
         [Output::Reply(r)] => r,
         [Output::Reply(r), Output::Close] if r.code == 221 => r,
@@ -1159,9 +1198,9 @@ proptest! {
             }
             if s.framing() == Framing::Data {
                 let out = data(&mut s, &line);
-                prop_assert_eq!(out.len(), 1);
+                prop_assert!(matches!(out.as_slice(), [Output::Decide(_)] | [Output::Reset, Output::Reply(_)]));
                 if s.is_waiting() {
-                    s.message_done(Reply::ok(), &mut Vec::new());
+                    s.resolve(Decision::Reply(Reply::ok()), &mut Vec::new()).unwrap();
                 }
                 continue;
             }
@@ -1178,8 +1217,9 @@ proptest! {
         };
         let mut s = session_in_data_with(cfg);
         let out = data(&mut s, &body);
-        prop_assert_eq!(out.len(), 1);
-        if let Output::Message(m) = &out[0] {
+        // A message, or a refusal that ends the transaction.
+        prop_assert!(matches!(out.as_slice(), [Output::Decide(_)] | [Output::Reset, Output::Reply(_)]));
+        if let Output::Decide(Request::Message(m)) = &out[0] {
             // Unstuffing never grows the body; normalizing adds one CR per LF at most.
             prop_assert!(m.data.len() <= body.len() * 2);
         }
@@ -1193,4 +1233,225 @@ proptest! {
         prop_assert_eq!(parsed.code, code);
         prop_assert_eq!(parsed.to_string(), wire);
     }
+}
+
+// ---- decisions ------------------------------------------------------------------
+
+fn deciding(config: Config) -> Session {
+    session_with(config)
+}
+
+fn decide_line(s: &mut Session, line: &[u8]) -> Request {
+    match feed(s, line).as_slice() {
+        [Output::Decide(request)] => request.clone(),
+        other => panic!("expected a request for {line:?}, got {other:?}"),
+    }
+}
+
+fn resolve(s: &mut Session, decision: Decision) -> Vec<Output> {
+    let mut out = Vec::new();
+    s.resolve(decision, &mut out).expect("a request is pending");
+    out
+}
+
+#[test]
+fn connect_decision_greets_or_refuses() {
+    let cfg = Config {
+        check_connect: true,
+        ..config()
+    };
+    let mut s = Session::new(Arc::new(cfg.clone()), peer());
+    let mut out = Vec::new();
+    s.start(&mut out);
+    assert_eq!(out, vec![Output::Decide(Request::Connect)]);
+    assert!(s.is_waiting());
+    assert_eq!(
+        resolve(&mut s, Decision::Default),
+        vec![Output::Reply(replies::greeting(&cfg))]
+    );
+    assert!(!s.is_waiting());
+
+    let mut s = Session::new(Arc::new(cfg.clone()), peer());
+    s.start(&mut Vec::new());
+    let custom = Reply::new(220, "welcome");
+    assert_eq!(
+        resolve(&mut s, Decision::Reply(custom.clone())),
+        vec![Output::Reply(custom)]
+    );
+    assert!(!s.is_closed());
+
+    let mut s = Session::new(Arc::new(cfg), peer());
+    s.start(&mut Vec::new());
+    let no = Reply::new(554, "No service");
+    assert_eq!(
+        resolve(&mut s, Decision::Reply(no.clone())),
+        vec![Output::Reply(no), Output::Close]
+    );
+    assert!(s.is_closed());
+}
+
+#[test]
+fn helo_decision_default_runs_the_built_in() {
+    let mut s = deciding(Config {
+        check_helo: true,
+        ..config()
+    });
+    let request = decide_line(&mut s, b"EHLO client.example");
+    assert_eq!(
+        request,
+        Request::Helo(HeloCheck {
+            name: "client.example".into(),
+            extended: true
+        })
+    );
+    let out = resolve(&mut s, Decision::Default);
+    assert!(matches!(out.as_slice(), [Output::Reply(r)] if r.code == 250 && r.lines.len() > 1));
+    assert!(s.is_esmtp());
+}
+
+#[test]
+fn helo_decision_with_own_text_greets_and_refusal_does_not() {
+    let cfg = Config {
+        check_helo: true,
+        ..config()
+    };
+    let mut s = deciding(cfg.clone());
+    decide_line(&mut s, b"HELO client.example");
+    let mine = Reply::new(250, "hello there");
+    assert_eq!(
+        resolve(&mut s, Decision::Reply(mine.clone())),
+        vec![Output::Reply(mine)]
+    );
+    assert_eq!(s.helo(), Some("client.example"));
+
+    let mut s = deciding(cfg.clone());
+    decide_line(&mut s, b"HELO client.example");
+    let no = Reply::new(550, "5.7.1 go away");
+    assert_eq!(
+        resolve(&mut s, Decision::Reply(no.clone())),
+        vec![Output::Reply(no)]
+    );
+    assert_eq!(s.helo(), None);
+
+    // The built-in syntax check keeps its answer even when the caller says 250.
+    let mut s = deciding(cfg);
+    decide_line(&mut s, b"HELO");
+    let out = resolve(&mut s, Decision::Reply(Reply::new(250, "fine")));
+    assert_eq!(out, vec![Output::Reply(replies::HELO_SYNTAX.reply())]);
+}
+
+#[test]
+fn mail_and_rcpt_decisions_keep_state_in_the_session() {
+    let mut s = deciding(Config {
+        check_mail: true,
+        check_rcpt: true,
+        ..config()
+    });
+    assert_eq!(one_reply(&mut s, b"EHLO c").code, 250);
+    let request = decide_line(&mut s, b"MAIL FROM:<a@b> SIZE=10");
+    assert!(matches!(&request, Request::Mail(c) if c.address == "a@b" && c.options == ["SIZE=10"]));
+    assert!(
+        s.envelope().is_none(),
+        "the sender is not in the envelope before it is accepted"
+    );
+    assert!(
+        s.in_transaction(),
+        "a sender being decided is an open transaction"
+    );
+    assert_eq!(
+        resolve(&mut s, Decision::Default),
+        vec![Output::Reply(replies::OK.reply())]
+    );
+    assert_eq!(s.envelope().unwrap().mail_from, "a@b");
+    decide_line(&mut s, b"RCPT TO:<x@y>");
+    let no = Reply::new(550, "No such user");
+    assert_eq!(
+        resolve(&mut s, Decision::Reply(no.clone())),
+        vec![Output::Reply(no)]
+    );
+    assert!(s.envelope().unwrap().rcpt_tos.is_empty());
+    decide_line(&mut s, b"RCPT TO:<z@y>");
+    resolve(&mut s, Decision::Default);
+    assert_eq!(s.envelope().unwrap().rcpt_tos, ["z@y"]);
+}
+
+#[test]
+fn a_refused_sender_opens_no_transaction() {
+    let mut s = deciding(Config {
+        check_mail: true,
+        ..config()
+    });
+    assert_eq!(one_reply(&mut s, b"HELO c").code, 250);
+    decide_line(&mut s, b"MAIL FROM:<a@b>");
+    let no = Reply::new(550, "5.7.1 not you");
+    assert_eq!(
+        resolve(&mut s, Decision::Reply(no.clone())),
+        vec![Output::Reply(no)]
+    );
+    assert!(!s.in_transaction());
+}
+
+#[test]
+fn reset_is_reported_only_for_an_open_transaction() {
+    let mut s = session_after_ehlo();
+    assert_eq!(
+        feed(&mut s, b"RSET"),
+        vec![Output::Reply(replies::OK.reply())]
+    );
+    ok(&mut s, "MAIL FROM:<a@b>");
+    assert_eq!(
+        feed(&mut s, b"RSET"),
+        vec![Output::Reset, Output::Reply(replies::OK.reply())]
+    );
+    ok(&mut s, "MAIL FROM:<a@b>");
+    assert_eq!(
+        feed(&mut s, b"QUIT"),
+        vec![
+            Output::Reset,
+            Output::Reply(replies::BYE.reply()),
+            Output::Close
+        ]
+    );
+}
+
+#[test]
+fn a_delivered_message_is_not_a_reset() {
+    let mut s = session_in_data();
+    let _ = message(&mut s, b"x");
+    assert!(!s.in_transaction());
+    let out = resolve(&mut s, Decision::Reply(Reply::new(554, "no")));
+    assert_eq!(out, vec![Output::Reply(Reply::new(554, "no"))]);
+}
+
+#[test]
+fn custom_command_default_runs_the_built_in_or_250() {
+    let mut s = deciding(Config {
+        custom_verbs: vec!["NOOP".into(), "XFOO".into()],
+        ..config()
+    });
+    let request = decide_line(&mut s, b"XFOO bar");
+    assert_eq!(
+        request,
+        Request::Command(CommandCheck {
+            verb: "XFOO".into(),
+            arg: "bar".into()
+        })
+    );
+    assert_eq!(
+        resolve(&mut s, Decision::Default),
+        vec![Output::Reply(replies::OK.reply())]
+    );
+    decide_line(&mut s, b"NOOP x");
+    assert_eq!(
+        resolve(&mut s, Decision::Default),
+        vec![Output::Reply(replies::NOOP_SYNTAX.reply())]
+    );
+    // An overridden HELO answered 250 still greets.
+    let mut s = deciding(Config {
+        custom_verbs: vec!["HELO".into()],
+        ..config()
+    });
+    decide_line(&mut s, b"HELO c");
+    resolve(&mut s, Decision::Reply(Reply::new(250, "mine")));
+    assert_eq!(s.helo(), Some("c"));
 }
