@@ -17,6 +17,7 @@
 //! | [`client`] | `smtplib` (as PureProxy used it) | sans-I/O SMTP/LMTP client and the in-loop [`Relay`](client::Relay) | via `chat` |
 //! | [`servers`] | `DebuggingServer`, `PureProxy`, `MailmanProxy` | built-in servers, written against the public API | no |
 //! | [`cli`] | `python -m smtpd` | the command line, reusable with your own server classes | no |
+//! | [`sys`] | `socket.getfqdn()`, `resource.setrlimit` | process utilities for start-up: the FQDN, the descriptor limit | no |
 //! | [`testing`] | — | a loopback test server and a recording client, for your own test suites | yes |
 //!
 //! The `examples/` directory shows the three ways to drive the loop (`run_in_thread`,
@@ -95,4 +96,5 @@ pub mod reactor;
 pub mod server;
 pub mod servers;
 pub mod smtp;
+pub mod sys;
 pub mod testing;

@@ -315,7 +315,7 @@ fn serve(options: &Options, classes: &Classes) -> Result<(), String> {
     let remote = resolve(&options.remotehost, options.remoteport);
     let server = classes.build(&options.classname, &ClassArgs { options, remote })?;
     // Before the options are built: their connection cap follows the descriptor limit.
-    match crate::server::raise_fd_limit() {
+    match crate::sys::raise_fd_limit() {
         Ok(n) => log::debug!("descriptor limit {n}"),
         Err(e) => log::warn!("cannot raise the descriptor limit: {e}"),
     }
