@@ -88,8 +88,11 @@
 //! back through a [`Ticket`](server::Ticket), which uses the remote handle).
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
+#![cfg_attr(docsrs, feature(doc_cfg))]
 
 pub mod chat;
+#[cfg(feature = "cli")]
+#[cfg_attr(docsrs, doc(cfg(feature = "cli")))]
 pub mod cli;
 pub mod client;
 pub mod reactor;
@@ -97,4 +100,6 @@ pub mod server;
 pub mod servers;
 pub mod smtp;
 pub mod sys;
+#[cfg(feature = "testing")]
+#[cfg_attr(docsrs, doc(cfg(feature = "testing")))]
 pub mod testing;

@@ -27,6 +27,7 @@ mod outbuf;
 mod terminator;
 
 pub use outbuf::Producer;
+#[cfg(feature = "testing")] // only `testing` frames outside a chat
 pub(crate) use terminator::Framing as TerminatorFraming;
 pub use terminator::Terminator;
 
