@@ -80,6 +80,16 @@
 //! | `smtplib` (as PureProxy used it) | [`client::Client`] and [`client::Relay`], non-blocking |
 //! | `SMTPChannel.smtp_XXX` overrides | [`SmtpServer::commands`](server::SmtpServer::commands) / [`on_command`](server::SmtpServer::on_command), [`on_helo`](server::SmtpServer::on_helo), [`on_mail`](server::SmtpServer::on_mail), [`on_rcpt`](server::SmtpServer::on_rcpt) |
 //!
+//! ## mio
+//!
+//! The reactor is built on [`mio`] 1.x (1.2 or later; `Cargo.toml` says `mio = "1.2"`),
+//! re-exported here as `smtpd::mio`. mio's types are part of this API: a
+//! [`Dispatcher`](reactor::Dispatcher) hands the reactor a `mio::event::Source` (a
+//! `mio::net::TcpStream`, a `mio::unix::pipe::Receiver`, a `mio::unix::SourceFd`), and the
+//! [`chat`] layer runs over mio's sockets. Name them as `smtpd::mio::...` and the version always matches the
+//! reactor's, without a `mio` line of your own in `Cargo.toml`. A new major version of mio
+//! will be a new major version of this crate.
+//!
 //! ## Threads
 //!
 //! The reactor is `!Send`, like asyncore: everything runs on its thread. Build it on the thread
@@ -89,6 +99,8 @@
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 #![cfg_attr(docsrs, feature(doc_cfg))]
+
+pub use mio;
 
 pub mod chat;
 #[cfg(feature = "cli")]
