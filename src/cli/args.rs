@@ -9,7 +9,7 @@
 //! before an invalid `-s` prints the help, while the reverse order reports
 //! the invalid size.
 //!
-//! Every option is one row of [`OPTIONS`]: its names, whether it takes an argument, the
+//! Every option is one row of `OPTIONS`: its names, whether it takes an argument, the
 //! setter that parses and stores the argument, and its help, from which [`usage_text`] is
 //! written. Adding an option is adding a row (and a field of [`Options`] for its value).
 
@@ -913,7 +913,7 @@ fn check_spec(spec: &OsString, which: &str) -> Result<(String, u16), String> {
 /// The usage text printed for `-h` and before most errors.
 ///
 /// It documents the same options and defaults as CPython's module
-/// docstring, in this crate's own words; the options' part is written from [`OPTIONS`].
+/// docstring, in this crate's own words; the options' part is written from the option table.
 pub fn usage_text(program: &str) -> String {
     let mut text = format!(
         "\
