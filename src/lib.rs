@@ -86,9 +86,17 @@
 //! re-exported here as `smtpd::mio`. mio's types are part of this API: a
 //! [`Dispatcher`](reactor::Dispatcher) hands the reactor a `mio::event::Source` (a
 //! `mio::net::TcpStream`, a `mio::unix::pipe::Receiver`, a `mio::unix::SourceFd`), and the
-//! [`chat`] layer runs over mio's sockets. Name them as `smtpd::mio::...` and the version always matches the
-//! reactor's, without a `mio` line of your own in `Cargo.toml`. A new major version of mio
-//! will be a new major version of this crate.
+//! [`chat`] layer runs over mio's sockets. Name them as `smtpd::mio::...` and the version
+//! always matches the reactor's, without a `mio` line of your own in `Cargo.toml`. A new major
+//! version of mio will be a new major version of this crate.
+//!
+//! ## Package and features
+//!
+//! The package is `smtpd-mio` (`smtpd` is another crate's name in the registry); the library's
+//! crate name stays `smtpd`, so paths read `smtpd::server::...` as in every example here.
+//! Cargo features, all on by default: `cli` (the [`cli`] module and the `smtpd` binary),
+//! `testing` (the [`testing`] module) and `dns-lookup` ([`sys::fqdn`] asks the resolver).
+//! `default-features = false` gives the library alone, without the command line's crates.
 //!
 //! ## Threads
 //!
