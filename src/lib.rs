@@ -17,6 +17,7 @@
 //! | [`client`] | `smtplib` (as PureProxy used it) | sans-I/O SMTP/LMTP client and the in-loop [`Relay`](client::Relay) | via `chat` |
 //! | [`servers`] | `DebuggingServer`, `PureProxy`, `MailmanProxy` | built-in servers, written against the public API | no |
 //! | [`cli`] | `python -m smtpd` | the command line, reusable with your own server classes | no |
+//! | [`sys`] | `socket.getfqdn()`, `resource.setrlimit` | process utilities for start-up: the FQDN, the descriptor limit | no |
 //! | [`testing`] | — | a loopback test server and a recording client, for your own test suites | yes |
 //!
 //! The `examples/` directory shows the three ways to drive the loop (`run_in_thread`,
@@ -79,6 +80,24 @@
 //! | `smtplib` (as PureProxy used it) | [`client::Client`] and [`client::Relay`], non-blocking |
 //! | `SMTPChannel.smtp_XXX` overrides | [`SmtpServer::commands`](server::SmtpServer::commands) / [`on_command`](server::SmtpServer::on_command), [`on_helo`](server::SmtpServer::on_helo), [`on_mail`](server::SmtpServer::on_mail), [`on_rcpt`](server::SmtpServer::on_rcpt) |
 //!
+//! ## mio
+//!
+//! The reactor is built on [`mio`] 1.x (1.2 or later; `Cargo.toml` says `mio = "1.2"`),
+//! re-exported here as `smtpd::mio`. mio's types are part of this API: a
+//! [`Dispatcher`](reactor::Dispatcher) hands the reactor a `mio::event::Source` (a
+//! `mio::net::TcpStream`, a `mio::unix::pipe::Receiver`, a `mio::unix::SourceFd`), and the
+//! [`chat`] layer runs over mio's sockets. Name them as `smtpd::mio::...` and the version
+//! always matches the reactor's, without a `mio` line of your own in `Cargo.toml`. A new major
+//! version of mio will be a new major version of this crate.
+//!
+//! ## Package and features
+//!
+//! The package is `smtpd-mio` (`smtpd` is another crate's name in the registry); the library's
+//! crate name stays `smtpd`, so paths read `smtpd::server::...` as in every example here.
+//! Cargo features, all on by default: `cli` (the [`cli`] module and the `smtpd` binary),
+//! `testing` (the [`testing`] module) and `dns-lookup` ([`sys::fqdn`] asks the resolver).
+//! `default-features = false` gives the library alone, without the command line's crates.
+//!
 //! ## Threads
 //!
 //! The reactor is `!Send`, like asyncore: everything runs on its thread. Build it on the thread
@@ -87,12 +106,20 @@
 //! back through a [`Ticket`](server::Ticket), which uses the remote handle).
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
+#![cfg_attr(docsrs, feature(doc_cfg))]
+
+pub use mio;
 
 pub mod chat;
+#[cfg(feature = "cli")]
+#[cfg_attr(docsrs, doc(cfg(feature = "cli")))]
 pub mod cli;
 pub mod client;
 pub mod reactor;
 pub mod server;
 pub mod servers;
 pub mod smtp;
+pub mod sys;
+#[cfg(feature = "testing")]
+#[cfg_attr(docsrs, doc(cfg(feature = "testing")))]
 pub mod testing;

@@ -255,7 +255,7 @@ fn vm_hwm_kib(pid: u32) -> u64 {
 fn ten_thousand_connections_from_loopback_work_out_of_the_box() {
     const N: usize = 10_000;
     // The test runner needs descriptors for its own ends too.
-    smtpd::server::raise_fd_limit().unwrap();
+    smtpd::sys::raise_fd_limit().unwrap();
     let (proc, port) = start_smtpd(&["-n", "-c", "Sink"]);
     let addr = SocketAddr::from(([127, 0, 0, 1], port));
     let mut conns = Vec::with_capacity(N);
@@ -718,7 +718,7 @@ fn half_closed_sockets_get_their_replies_and_no_partial_message() {
 #[test]
 fn a_thousand_slow_loris_connections_do_not_delay_a_normal_client() {
     const N: usize = 1000;
-    smtpd::server::raise_fd_limit().unwrap();
+    smtpd::sys::raise_fd_limit().unwrap();
     let mut o = options();
     o.idle_timeout = Some(Duration::from_secs(2));
     let server = start(o);
@@ -761,7 +761,7 @@ fn a_thousand_slow_loris_connections_do_not_delay_a_normal_client() {
 #[test]
 fn five_hundred_concurrent_clients_each_complete_a_transaction() {
     const N: usize = 500;
-    smtpd::server::raise_fd_limit().unwrap();
+    smtpd::sys::raise_fd_limit().unwrap();
     let server = start(options());
     let mut clients: Vec<RawClient> = (0..N).map(|_| RawClient::connect(server.addr())).collect();
     let steps: [(&str, &str); 6] = [

@@ -8,11 +8,22 @@
 //! of them takes effect. Options then act in command line order, so `-h`
 //! before an invalid `-s` prints the help, while the reverse order reports
 //! the invalid size.
+//!
+//! Every option is one row of `OPTIONS`: its names, whether it takes an argument, the
+//! setter that parses and stores the argument, and its help, from which [`usage_text`] is
+//! written. Adding an option is adding a row (and a field of [`Options`] for its value).
 
-use std::ffi::OsString;
+use std::ffi::{OsStr, OsString};
+use std::path::PathBuf;
+
+use ipnet::IpNet;
+
+use crate::servers::mailman::Suffixes;
+use crate::servers::RelayMode;
 
 /// Settings gathered from the command line, mirroring CPython's `Options`.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct Options {
     /// Whether to switch to the `nobody` user (`-n`/`--nosetuid` clears it).
     pub setuid: bool,
@@ -33,25 +44,53 @@ pub struct Options {
     pub remotehost: String,
     /// Port of the upstream server.
     pub remoteport: u16,
-    /// `--relay-mode`: `live` or `after-data` (PureProxy), `None` for the class default.
-    pub relay_mode: Option<String>,
-    /// `--trusted NET[,NET...]` (repeatable): networks allowed to relay besides loopback.
-    pub trusted: Vec<String>,
+    /// `--relay-mode live|after-data` (PureProxy); `None` for the class default.
+    pub relay_mode: Option<RelayMode>,
+    /// `--trusted NET[,NET...]` (repeatable): networks allowed to relay besides loopback, and
+    /// exempt from the per-address connection limit. A bare address is a one-address network.
+    pub trusted: Vec<IpNet>,
     /// `--open-relay`: relay for anybody.
     pub open_relay: bool,
-    /// `--upstream-timeout SECS`: connect and reply timeout towards the upstream.
+    /// `--upstream-timeout SECS` (at least 1): connect and reply timeout towards the upstream.
     pub upstream_timeout: Option<u64>,
     /// `--mailman-lmtp HOST:PORT|PATH` (MailmanProxy): Mailman 3's LMTP runner.
-    pub mailman_lmtp: Option<String>,
+    pub mailman_lmtp: Option<LmtpTarget>,
     /// `--mailman2-prefix DIR` (MailmanProxy): a Mailman 2 installation instead.
     pub mailman2_prefix: Option<String>,
-    /// `--mailman-suffixes cpython|mailman3` (MailmanProxy): which addresses are list candidates.
-    pub mailman_suffixes: Option<String>,
+    /// `--mailman-suffixes cpython|mailman3` (MailmanProxy): which addresses are list
+    /// candidates; `None` for the class default.
+    pub mailman_suffixes: Option<Suffixes>,
     /// `--mailman-domain DOMAIN` (MailmanProxy, Mailman 3): the list domain to ask about.
     pub mailman_domain: Option<String>,
     /// The `--limit-*`, `--greeting-delay` and `--backlog` options; `None` keeps the
     /// library default (see `docs/limits.md`).
     pub limits: Limits,
+}
+
+/// Where `--mailman-lmtp` points, as given (a host name is resolved at start-up, not here).
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum LmtpTarget {
+    /// `HOST:PORT` (the host may be bracketed, as in `[::1]:8024`).
+    Tcp {
+        /// The host name or address.
+        host: String,
+        /// The port.
+        port: u16,
+    },
+    /// A path (any argument with a `/`): the runner's unix-domain socket.
+    Unix(PathBuf),
+}
+
+impl std::fmt::Display for LmtpTarget {
+    /// As it would be given: `host:port` (`[host]:port` for an IPv6 address) or the path.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            LmtpTarget::Tcp { host, port } if host.contains(':') => write!(f, "[{host}]:{port}"),
+            LmtpTarget::Tcp { host, port } => write!(f, "{host}:{port}"),
+            LmtpTarget::Unix(path) => write!(f, "{}", path.display()),
+        }
+    }
 }
 
 /// Limits given on the command line (our additions; `None`: the library default).
@@ -76,8 +115,8 @@ pub struct Limits {
     pub data_rate: Option<u64>,
     /// `--greeting-delay MILLISECONDS` (0: none).
     pub greeting_delay_ms: Option<u64>,
-    /// `--backlog N`.
-    pub backlog: Option<u64>,
+    /// `--backlog N` (1 to `i32::MAX`).
+    pub backlog: Option<i32>,
 }
 
 impl Default for Options {
@@ -140,114 +179,536 @@ impl std::fmt::Display for CliError {
 
 impl std::error::Error for CliError {}
 
-/// Long option names with a flag telling whether each takes an argument,
-/// in the order CPython lists them (used for unique-prefix matching).
-const LONG_OPTIONS: &[(&str, bool)] = &[
-    ("class", true),
-    ("nosetuid", false),
-    ("version", false),
-    ("help", false),
-    ("size", true),
-    ("debug", false),
-    ("smtputf8", false),
-    // Our additions (no CPython counterpart).
-    ("relay-mode", true),
-    ("trusted", true),
-    ("open-relay", false),
-    ("upstream-timeout", true),
-    ("limit-connections", true),
-    ("limit-per-ip", true),
-    ("limit-errors", true),
-    ("limit-recipients", true),
-    ("limit-data-memory", true),
-    ("limit-command-timeout", true),
-    ("limit-data-timeout", true),
-    ("limit-data-rate", true),
-    ("greeting-delay", true),
-    ("backlog", true),
-    ("mailman-lmtp", true),
-    ("mailman2-prefix", true),
-    ("mailman-suffixes", true),
-    ("mailman-domain", true),
-];
-
-/// One recognised option, collected before any of them takes effect.
-enum Opt {
-    Help,
-    Version,
-    NoSetuid,
-    Class(OsString),
-    Debug,
-    Smtputf8,
-    Size(OsString),
-    RelayMode(OsString),
-    Trusted(OsString),
-    OpenRelay,
-    UpstreamTimeout(OsString),
-    /// A numeric limit: its long name and value.
-    Limit(&'static str, OsString),
-    MailmanLmtp(OsString),
-    Mailman2Prefix(OsString),
-    MailmanSuffixes(OsString),
-    MailmanDomain(OsString),
+/// Why a setter refused an option's argument.
+#[derive(Debug)]
+enum BadValue {
+    /// `Invalid value for --NAME: VALUE`, after the usage text.
+    Invalid,
+    /// This message, after the usage text.
+    Usage(String),
+    /// This message alone: CPython prints `Invalid size: ...` without the usage text.
+    Alone(String),
 }
 
-/// Builds the option from its canonical name (short letter or full long name).
-fn make_opt(name: &str, value: Option<OsString>) -> Opt {
-    match (name, value) {
-        ("h" | "help", _) => Opt::Help,
-        ("V" | "version", _) => Opt::Version,
-        ("n" | "nosetuid", _) => Opt::NoSetuid,
-        ("d" | "debug", _) => Opt::Debug,
-        ("u" | "smtputf8", _) => Opt::Smtputf8,
-        ("c" | "class", v) => Opt::Class(v.unwrap_or_default()),
-        ("relay-mode", v) => Opt::RelayMode(v.unwrap_or_default()),
-        ("trusted", v) => Opt::Trusted(v.unwrap_or_default()),
-        ("open-relay", _) => Opt::OpenRelay,
-        ("upstream-timeout", v) => Opt::UpstreamTimeout(v.unwrap_or_default()),
-        (
-            name @ ("limit-connections"
-            | "limit-per-ip"
-            | "limit-errors"
-            | "limit-recipients"
-            | "limit-data-memory"
-            | "limit-command-timeout"
-            | "limit-data-timeout"
-            | "limit-data-rate"
-            | "greeting-delay"
-            | "backlog"),
-            v,
-        ) => {
-            let name = LONG_OPTIONS
-                .iter()
-                .find(|(n, _)| *n == name)
-                .map_or("backlog", |(n, _)| n);
-            Opt::Limit(name, v.unwrap_or_default())
+/// Stores an option's argument in the options, or says why it cannot.
+type Setter = fn(&mut Options, &OsStr) -> Result<(), BadValue>;
+
+/// What an option does when it acts.
+enum Action {
+    /// `-h`: stop and print the usage text.
+    Help,
+    /// `-V`: stop and print the version.
+    Version,
+    /// A flag without an argument.
+    Flag(fn(&mut Options)),
+    /// An option with an argument, called `metavar` in the usage text.
+    Value {
+        /// The argument's name in the usage text.
+        metavar: &'static str,
+        /// Parses and stores the argument.
+        set: Setter,
+    },
+}
+
+/// Under which heading of the usage text an option is described, and how.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Section {
+    /// CPython's own options.
+    Python,
+    /// PureProxy's and MailmanProxy's relay options.
+    Relay,
+    /// The limits, one compact line each.
+    Limits,
+    /// MailmanProxy's options.
+    Mailman,
+}
+
+impl Section {
+    /// The heading printed before the section's first option.
+    fn heading(self) -> &'static str {
+        match self {
+            Section::Python => "Options:\n\n",
+            Section::Relay => "Relay options (PureProxy and MailmanProxy; not in Python's smtpd):\n\n",
+            Section::Limits => {
+                "Limits (not in Python's smtpd; defaults and replies in docs/limits.md; 0 = none):\n\n"
+            }
+            Section::Mailman => {
+                "MailmanProxy options (not in Python's smtpd). List mail goes to Mailman,
+everything else is relayed upstream as PureProxy (live) relays it:\n\n"
+            }
         }
-        ("mailman-lmtp", v) => Opt::MailmanLmtp(v.unwrap_or_default()),
-        ("mailman2-prefix", v) => Opt::Mailman2Prefix(v.unwrap_or_default()),
-        ("mailman-suffixes", v) => Opt::MailmanSuffixes(v.unwrap_or_default()),
-        ("mailman-domain", v) => Opt::MailmanDomain(v.unwrap_or_default()),
-        (_, v) => Opt::Size(v.unwrap_or_default()),
     }
+}
+
+/// One command line option: one row of [`OPTIONS`].
+struct OptSpec {
+    /// The one-letter name (`-n`), if any; only CPython's options have one.
+    short: Option<char>,
+    /// The long name without its dashes (`nosetuid`); a unique prefix of it also works.
+    long: &'static str,
+    /// What it does, and whether it takes an argument.
+    action: Action,
+    /// Where the usage text describes it.
+    section: Section,
+    /// Its description in the usage text, one line per `\n`-separated line.
+    help: &'static str,
+}
+
+impl OptSpec {
+    /// Whether the option takes an argument.
+    fn takes_arg(&self) -> bool {
+        matches!(self.action, Action::Value { .. })
+    }
+
+    /// The option's names and argument as the usage text shows them (`-c, --class NAME`).
+    fn label(&self) -> String {
+        let mut label = match self.short {
+            Some(c) => format!("-{c}, --{}", self.long),
+            None => format!("--{}", self.long),
+        };
+        if let Action::Value { metavar, .. } = self.action {
+            label.push(' ');
+            label.push_str(metavar);
+        }
+        label
+    }
+
+    /// Appends the option's description to the usage text.
+    fn write_help(&self, out: &mut String) {
+        /// Where a compact description starts.
+        const COLUMN: usize = 30;
+        let label = self.label();
+        let mut lines = self.help.lines();
+        if self.section == Section::Limits {
+            let first = lines.next().unwrap_or_default();
+            let pad = (COLUMN - 4).saturating_sub(label.len()).max(2);
+            out.push_str(&format!("    {label}{:pad$}{first}\n", ""));
+            for line in lines {
+                out.push_str(&format!("{:COLUMN$}{line}\n", ""));
+            }
+        } else {
+            out.push_str(&format!("    {label}\n"));
+            for line in lines {
+                out.push_str(&format!("        {line}\n"));
+            }
+            out.push('\n');
+        }
+    }
+}
+
+/// The argument as text, or [`BadValue::Invalid`].
+fn text(value: &OsStr) -> Result<&str, BadValue> {
+    value.to_str().ok_or(BadValue::Invalid)
+}
+
+/// A count, byte size or time in whole units, read like Python's `int()`: 0 or more.
+fn number(value: &OsStr) -> Result<u64, BadValue> {
+    text(value)
+        .ok()
+        .and_then(py_int)
+        .and_then(|n| u64::try_from(n).ok())
+        .ok_or(BadValue::Invalid)
+}
+
+/// The argument, lossily decoded for an error message.
+fn lossy(value: &OsStr) -> String {
+    value.to_string_lossy().into_owned()
+}
+
+/// Every option, in the order the usage text lists them.
+static OPTIONS: &[OptSpec] = &[
+    // CPython's options, with its short names.
+    OptSpec {
+        short: Some('n'),
+        long: "nosetuid",
+        action: Action::Flag(|o| o.setuid = false),
+        section: Section::Python,
+        help: "Do not switch to the user `nobody' at startup. Switching needs root
+privileges, so give this flag when running as an ordinary user.",
+    },
+    OptSpec {
+        short: Some('V'),
+        long: "version",
+        action: Action::Version,
+        section: Section::Python,
+        help: "Show the version and exit.",
+    },
+    OptSpec {
+        short: Some('c'),
+        long: "class",
+        action: Action::Value {
+            metavar: "NAME",
+            set: |o, v| {
+                o.classname = v
+                    .to_str()
+                    .ok_or_else(|| BadValue::Usage(format!("Invalid class name: {}", lossy(v))))?
+                    .to_owned();
+                Ok(())
+            },
+        },
+        section: Section::Python,
+        help: "Handle mail with the server class NAME: DebuggingServer, PureProxy,
+MailmanProxy or Sink. The default is PureProxy, as in Python.",
+    },
+    OptSpec {
+        short: Some('s'),
+        long: "size",
+        action: Action::Value {
+            metavar: "LIMIT",
+            set: |o, v| {
+                let size = v.to_str().and_then(parse_size);
+                o.size_limit = Some(
+                    size.ok_or_else(|| BadValue::Alone(format!("Invalid size: {}", lossy(v))))?,
+                );
+                Ok(())
+            },
+        },
+        section: Section::Python,
+        help: "Accept messages of at most LIMIT bytes and announce the limit with
+the SIZE extension (RFC 1870). The default is 33554432 (32 MiB);
+0 means no limit.",
+    },
+    OptSpec {
+        short: Some('u'),
+        long: "smtputf8",
+        action: Action::Flag(|o| o.enable_smtputf8 = true),
+        section: Section::Python,
+        help: "Turn on the SMTPUTF8 extension (RFC 6531).",
+    },
+    OptSpec {
+        short: Some('d'),
+        long: "debug",
+        action: Action::Flag(|o| o.debug = true),
+        section: Section::Python,
+        help: "Log the SMTP dialogue to stderr (RUST_LOG=debug does the same;
+RUST_LOG=warn silences the one line logged per message).",
+    },
+    OptSpec {
+        short: Some('h'),
+        long: "help",
+        action: Action::Help,
+        section: Section::Python,
+        help: "Show this help and exit.",
+    },
+    // Relaying.
+    OptSpec {
+        short: None,
+        long: "relay-mode",
+        action: Action::Value {
+            metavar: "live|after-data",
+            set: |o, v| {
+                o.relay_mode = Some(match v.to_str() {
+                    Some("live") => RelayMode::Live,
+                    Some("after-data") => RelayMode::AfterData,
+                    _ => {
+                        return Err(BadValue::Usage(format!(
+                            "Invalid relay mode: {} (live or after-data)",
+                            lossy(v)
+                        )))
+                    }
+                });
+                Ok(())
+            },
+        },
+        section: Section::Relay,
+        help: "live (the default): the upstream session opens at MAIL and every
+MAIL, RCPT and end of data is answered with the upstream's own reply.
+after-data (CPython's timing): the upstream is contacted once the
+message is complete. Either way the client hears 250 only when the
+upstream took the message, and 451 when it is down, slow or refuses
+temporarily, so no mail is lost.",
+    },
+    OptSpec {
+        short: None,
+        long: "trusted",
+        action: Action::Value {
+            metavar: "NET[,NET...]",
+            set: |o, v| {
+                let nets = v.to_string_lossy();
+                for net in nets.split(',').map(str::trim).filter(|n| !n.is_empty()) {
+                    let parsed = net
+                        .parse::<IpNet>()
+                        .or_else(|_| net.parse::<std::net::IpAddr>().map(IpNet::from))
+                        .map_err(|_| BadValue::Usage(format!("Invalid trusted network: {net}")))?;
+                    o.trusted.push(parsed);
+                }
+                Ok(())
+            },
+        },
+        section: Section::Relay,
+        help: "Networks (CIDR, e.g. 192.0.2.0/24) whose clients may relay, besides
+loopback. Repeatable.",
+    },
+    OptSpec {
+        short: None,
+        long: "open-relay",
+        action: Action::Flag(|o| o.open_relay = true),
+        section: Section::Relay,
+        help: "Let anybody relay. Dangerous: only behind other access control.",
+    },
+    OptSpec {
+        short: None,
+        long: "upstream-timeout",
+        action: Action::Value {
+            metavar: "SECS",
+            set: |o, v| {
+                let secs = number(v).ok().filter(|&n| n > 0).ok_or_else(|| {
+                    BadValue::Usage(format!("Invalid upstream timeout: {}", lossy(v)))
+                })?;
+                o.upstream_timeout = Some(secs);
+                Ok(())
+            },
+        },
+        section: Section::Relay,
+        help: "Give up on an upstream that does not connect or answer within SECS
+seconds (default 30 to connect, 60 per reply, 120 after the data).",
+    },
+    // Limits.
+    OptSpec {
+        short: None,
+        long: "limit-connections",
+        action: Action::Value {
+            metavar: "N",
+            set: |o, v| {
+                o.limits.connections = Some(number(v)?);
+                Ok(())
+            },
+        },
+        section: Section::Limits,
+        help: "simultaneous connections (default: the
+descriptor limit less 64)",
+    },
+    OptSpec {
+        short: None,
+        long: "limit-per-ip",
+        action: Action::Value {
+            metavar: "N",
+            set: |o, v| {
+                o.limits.per_ip = Some(number(v)?);
+                Ok(())
+            },
+        },
+        section: Section::Limits,
+        help: "connections per client address (default 50;
+loopback and --trusted networks exempt)",
+    },
+    OptSpec {
+        short: None,
+        long: "limit-errors",
+        action: Action::Value {
+            metavar: "N",
+            set: |o, v| {
+                o.limits.errors = Some(number(v)?);
+                Ok(())
+            },
+        },
+        section: Section::Limits,
+        help: "protocol errors before 421 (default 20)",
+    },
+    OptSpec {
+        short: None,
+        long: "limit-recipients",
+        action: Action::Value {
+            metavar: "N",
+            set: |o, v| {
+                o.limits.recipients = Some(number(v)?);
+                Ok(())
+            },
+        },
+        section: Section::Limits,
+        help: "recipients per message (default 100)",
+    },
+    OptSpec {
+        short: None,
+        long: "limit-data-memory",
+        action: Action::Value {
+            metavar: "BYTES",
+            set: |o, v| {
+                o.limits.data_memory = Some(number(v)?);
+                Ok(())
+            },
+        },
+        section: Section::Limits,
+        help: "message data held in memory at once, all
+connections together (default 536870912)",
+    },
+    OptSpec {
+        short: None,
+        long: "limit-command-timeout",
+        action: Action::Value {
+            metavar: "SECS",
+            set: |o, v| {
+                o.limits.command_timeout = Some(number(v)?);
+                Ok(())
+            },
+        },
+        section: Section::Limits,
+        help: "time for each command line (default 300)",
+    },
+    OptSpec {
+        short: None,
+        long: "limit-data-timeout",
+        action: Action::Value {
+            metavar: "SECS",
+            set: |o, v| {
+                o.limits.data_timeout = Some(number(v)?);
+                Ok(())
+            },
+        },
+        section: Section::Limits,
+        help: "silence allowed inside DATA (default 300)",
+    },
+    OptSpec {
+        short: None,
+        long: "limit-data-rate",
+        action: Action::Value {
+            metavar: "BYTES",
+            set: |o, v| {
+                o.limits.data_rate = Some(number(v)?);
+                Ok(())
+            },
+        },
+        section: Section::Limits,
+        help: "least average DATA rate per second (default 500)",
+    },
+    OptSpec {
+        short: None,
+        long: "greeting-delay",
+        action: Action::Value {
+            metavar: "MS",
+            set: |o, v| {
+                o.limits.greeting_delay_ms = Some(number(v)?);
+                Ok(())
+            },
+        },
+        section: Section::Limits,
+        help: "hold the greeting back; clients talking
+before it get 554 (default 0: off)",
+    },
+    OptSpec {
+        short: None,
+        long: "backlog",
+        action: Action::Value {
+            metavar: "N",
+            set: |o, v| {
+                let n = number(v)?;
+                let backlog = i32::try_from(n).ok().filter(|&b| b > 0);
+                o.limits.backlog = Some(backlog.ok_or(BadValue::Invalid)?);
+                Ok(())
+            },
+        },
+        section: Section::Limits,
+        help: "listen backlog (default 1024; at least 1)",
+    },
+    // MailmanProxy.
+    OptSpec {
+        short: None,
+        long: "mailman-lmtp",
+        action: Action::Value {
+            metavar: "HOST:PORT|PATH",
+            set: |o, v| {
+                let target = if v.as_encoded_bytes().contains(&b'/') {
+                    LmtpTarget::Unix(PathBuf::from(v))
+                } else {
+                    let (host, port) = text(v).ok().and_then(parse_spec).ok_or_else(|| {
+                        BadValue::Usage(format!(
+                            "Invalid Mailman LMTP address: {} (HOST:PORT or a socket path)",
+                            lossy(v)
+                        ))
+                    })?;
+                    LmtpTarget::Tcp { host, port }
+                };
+                o.mailman_lmtp = Some(target);
+                Ok(())
+            },
+        },
+        section: Section::Mailman,
+        help: "Mailman 3's LMTP runner (default 127.0.0.1:8024), or the path of
+its unix socket. Mailman itself says at RCPT time which recipients
+are its lists; while it is unreachable they get 451.",
+    },
+    OptSpec {
+        short: None,
+        long: "mailman2-prefix",
+        action: Action::Value {
+            metavar: "DIR",
+            set: |o, v| {
+                let prefix = v.to_str().ok_or_else(|| {
+                    BadValue::Usage(format!("Invalid Mailman 2 prefix: {}", lossy(v)))
+                })?;
+                o.mailman2_prefix = Some(prefix.to_owned());
+                Ok(())
+            },
+        },
+        section: Section::Mailman,
+        help: "Use Mailman 2 instead: lists are DIR/lists/NAME, mail is piped to
+DIR/mail/mailman. Its wrapper checks the caller's group, so run
+with -n as a user of Mailman's mail group.",
+    },
+    OptSpec {
+        short: None,
+        long: "mailman-suffixes",
+        action: Action::Value {
+            metavar: "cpython|mailman3",
+            set: |o, v| {
+                o.mailman_suffixes = Some(match v.to_str() {
+                    Some("cpython") => Suffixes::Cpython,
+                    Some("mailman3") => Suffixes::Mailman3,
+                    _ => {
+                        return Err(BadValue::Usage(format!(
+                            "Invalid Mailman suffixes: {} (cpython or mailman3)",
+                            lossy(v)
+                        )))
+                    }
+                });
+                Ok(())
+            },
+        },
+        section: Section::Mailman,
+        help: "cpython (the default): LIST and LIST-admin|owner|request|join|leave,
+never a name with a dash. mailman3: also -bounces, -confirm,
+-subscribe, -unsubscribe, +tags and list names with dashes.",
+    },
+    OptSpec {
+        short: None,
+        long: "mailman-domain",
+        action: Action::Value {
+            metavar: "DOMAIN",
+            set: |o, v| {
+                o.mailman_domain = Some(lossy(v));
+                Ok(())
+            },
+        },
+        section: Section::Mailman,
+        help: "Mailman 3: ask about lists in DOMAIN whatever the recipient's
+domain (CPython ignored it). Default: the recipient's domain.",
+    },
+];
+
+/// The option with this one-letter name.
+fn find_short(c: char) -> Option<&'static OptSpec> {
+    OPTIONS.iter().find(|spec| spec.short == Some(c))
 }
 
 /// Resolves a (possibly abbreviated) long option name the way Python's
-/// `getopt.long_has_args` does.
-fn resolve_long(name: &str) -> Result<(&'static str, bool), String> {
-    if let Some(&(full, has_arg)) = LONG_OPTIONS.iter().find(|(n, _)| *n == name) {
-        return Ok((full, has_arg));
+/// `getopt.long_has_args` does: an exact name, else the one name it is a prefix of.
+fn resolve_long(name: &str) -> Result<&'static OptSpec, String> {
+    if let Some(spec) = OPTIONS.iter().find(|spec| spec.long == name) {
+        return Ok(spec);
     }
-    let mut matches = LONG_OPTIONS.iter().filter(|(n, _)| n.starts_with(name));
+    let mut matches = OPTIONS.iter().filter(|spec| spec.long.starts_with(name));
     match (matches.next(), matches.next()) {
         (None, _) => Err(format!("option --{name} not recognized")),
-        (Some(&(full, has_arg)), None) => Ok((full, has_arg)),
+        (Some(spec), None) => Ok(spec),
         (Some(_), Some(_)) => Err(format!("option --{name} not a unique prefix")),
     }
 }
 
+/// One option found on the command line, with its argument; none acts before all are read.
+type Found = (&'static OptSpec, Option<OsString>);
+
 /// Splits the arguments into options and positionals like `getopt.getopt`.
-fn collect(args: Vec<OsString>) -> Result<(Vec<Opt>, Vec<OsString>), String> {
+fn collect(args: Vec<OsString>) -> Result<(Vec<Found>, Vec<OsString>), String> {
     use lexopt::Arg;
 
     let mut parser = lexopt::Parser::from_args(args);
@@ -260,12 +721,8 @@ fn collect(args: Vec<OsString>) -> Result<(Vec<Opt>, Vec<OsString>), String> {
         match arg {
             None => break,
             Some(Arg::Short(c)) => {
-                let has_arg = match c {
-                    'c' | 's' => true,
-                    'n' | 'V' | 'h' | 'd' | 'u' => false,
-                    _ => return Err(format!("option -{c} not recognized")),
-                };
-                let value = if has_arg {
+                let spec = find_short(c).ok_or_else(|| format!("option -{c} not recognized"))?;
+                let value = if spec.takes_arg() {
                     Some(
                         parser
                             .value()
@@ -274,12 +731,13 @@ fn collect(args: Vec<OsString>) -> Result<(Vec<Opt>, Vec<OsString>), String> {
                 } else {
                     None
                 };
-                opts.push(make_opt(c.encode_utf8(&mut [0; 4]), value));
+                opts.push((spec, value));
             }
             Some(Arg::Long(name)) => {
                 let name = name.to_owned();
-                let (full, has_arg) = resolve_long(&name)?;
-                let value = if has_arg {
+                let spec = resolve_long(&name)?;
+                let full = spec.long;
+                let value = if spec.takes_arg() {
                     Some(
                         parser
                             .value()
@@ -291,7 +749,7 @@ fn collect(args: Vec<OsString>) -> Result<(Vec<Opt>, Vec<OsString>), String> {
                     }
                     None
                 };
-                opts.push(make_opt(full, value));
+                opts.push((spec, value));
             }
             Some(Arg::Value(v)) => {
                 // getopt.getopt stops at the first non-option argument.
@@ -396,108 +854,27 @@ pub fn parse_args<I: IntoIterator<Item = OsString>>(
     let (opts, positionals) = collect(args.into_iter().collect()).map_err(with_usage)?;
 
     let mut options = Options::default();
-    for opt in opts {
-        match opt {
-            Opt::Help => return Ok(Parsed::Help(usage_text(program))),
-            Opt::Version => return Ok(Parsed::Version(version.to_owned())),
-            Opt::NoSetuid => options.setuid = false,
-            Opt::Class(name) => {
-                options.classname = name.into_string().map_err(|name| {
-                    with_usage(format!("Invalid class name: {}", name.to_string_lossy()))
+    for (spec, value) in opts {
+        match spec.action {
+            Action::Help => return Ok(Parsed::Help(usage_text(program))),
+            Action::Version => return Ok(Parsed::Version(version.to_owned())),
+            Action::Flag(set) => set(&mut options),
+            Action::Value { set, .. } => {
+                // `collect` gives every option that takes an argument its argument.
+                let value = value.unwrap_or_default();
+                set(&mut options, &value).map_err(|bad| match bad {
+                    BadValue::Invalid => with_usage(format!(
+                        "Invalid value for --{}: {}",
+                        spec.long,
+                        lossy(&value)
+                    )),
+                    BadValue::Usage(message) => with_usage(message),
+                    BadValue::Alone(message) => CliError {
+                        message,
+                        usage: String::new(),
+                        code: 1,
+                    },
                 })?;
-            }
-            Opt::Debug => options.debug = true,
-            Opt::Smtputf8 => options.enable_smtputf8 = true,
-            Opt::RelayMode(arg) => {
-                let mode = arg.to_string_lossy().into_owned();
-                if mode != "live" && mode != "after-data" {
-                    return Err(with_usage(format!(
-                        "Invalid relay mode: {mode} (live or after-data)"
-                    )));
-                }
-                options.relay_mode = Some(mode);
-            }
-            Opt::Trusted(arg) => {
-                let text = arg.to_string_lossy().into_owned();
-                for net in text.split(',').map(str::trim).filter(|n| !n.is_empty()) {
-                    options.trusted.push(net.to_owned());
-                }
-            }
-            Opt::OpenRelay => options.open_relay = true,
-            Opt::UpstreamTimeout(arg) => {
-                let secs = arg
-                    .to_str()
-                    .and_then(py_int)
-                    .filter(|&n| n > 0)
-                    .and_then(|n| u64::try_from(n).ok());
-                options.upstream_timeout = Some(secs.ok_or_else(|| {
-                    with_usage(format!(
-                        "Invalid upstream timeout: {}",
-                        arg.to_string_lossy()
-                    ))
-                })?);
-            }
-            Opt::Limit(name, arg) => {
-                let value = arg
-                    .to_str()
-                    .and_then(py_int)
-                    .and_then(|n| u64::try_from(n).ok())
-                    .ok_or_else(|| {
-                        with_usage(format!(
-                            "Invalid value for --{name}: {}",
-                            arg.to_string_lossy()
-                        ))
-                    })?;
-                let l = &mut options.limits;
-                let slot = match name {
-                    "limit-connections" => &mut l.connections,
-                    "limit-per-ip" => &mut l.per_ip,
-                    "limit-errors" => &mut l.errors,
-                    "limit-recipients" => &mut l.recipients,
-                    "limit-data-memory" => &mut l.data_memory,
-                    "limit-command-timeout" => &mut l.command_timeout,
-                    "limit-data-timeout" => &mut l.data_timeout,
-                    "limit-data-rate" => &mut l.data_rate,
-                    "greeting-delay" => &mut l.greeting_delay_ms,
-                    _ => &mut l.backlog,
-                };
-                *slot = Some(value);
-            }
-            Opt::MailmanLmtp(arg) => {
-                let text = arg.to_string_lossy().into_owned();
-                if !text.contains('/') && split_spec(&text).is_err() {
-                    return Err(with_usage(format!(
-                        "Invalid Mailman LMTP address: {text} (HOST:PORT or a socket path)"
-                    )));
-                }
-                options.mailman_lmtp = Some(text);
-            }
-            Opt::Mailman2Prefix(arg) => {
-                let text = arg.into_string().map_err(|a| {
-                    with_usage(format!("Invalid Mailman 2 prefix: {}", a.to_string_lossy()))
-                })?;
-                options.mailman2_prefix = Some(text);
-            }
-            Opt::MailmanSuffixes(arg) => {
-                let text = arg.to_string_lossy().into_owned();
-                if text != "cpython" && text != "mailman3" {
-                    return Err(with_usage(format!(
-                        "Invalid Mailman suffixes: {text} (cpython or mailman3)"
-                    )));
-                }
-                options.mailman_suffixes = Some(text);
-            }
-            Opt::MailmanDomain(arg) => {
-                options.mailman_domain = Some(arg.to_string_lossy().into_owned());
-            }
-            Opt::Size(arg) => {
-                let size = arg.to_str().and_then(parse_size);
-                options.size_limit = Some(size.ok_or_else(|| CliError {
-                    // CPython prints this message without the usage text.
-                    message: format!("Invalid size: {}", arg.to_string_lossy()),
-                    usage: String::new(),
-                    code: 1,
-                })?);
             }
         }
     }
@@ -536,107 +913,39 @@ fn check_spec(spec: &OsString, which: &str) -> Result<(String, u16), String> {
 /// The usage text printed for `-h` and before most errors.
 ///
 /// It documents the same options and defaults as CPython's module
-/// docstring, in this crate's own words.
+/// docstring, in this crate's own words; the options' part is written from the option table.
 pub fn usage_text(program: &str) -> String {
-    format!(
+    let mut text = format!(
         "\
 An SMTP proxy server (RFC 5321) with optional SIZE (RFC 1870) and
 SMTPUTF8 (RFC 6531) support.
 
 Usage: {program} [options] [localhost:localport [remotehost:remoteport]]
 
-Options:
-
-    -n, --nosetuid
-        Do not switch to the user `nobody' at startup. Switching needs root
-        privileges, so give this flag when running as an ordinary user.
-
-    -V, --version
-        Show the version and exit.
-
-    -c, --class NAME
-        Handle mail with the server class NAME: DebuggingServer, PureProxy,
-        MailmanProxy or Sink. The default is PureProxy, as in Python.
-
-    -s, --size LIMIT
-        Accept messages of at most LIMIT bytes and announce the limit with
-        the SIZE extension (RFC 1870). The default is 33554432 (32 MiB);
-        0 means no limit.
-
-    -u, --smtputf8
-        Turn on the SMTPUTF8 extension (RFC 6531).
-
-    -d, --debug
-        Log the SMTP dialogue to stderr (RUST_LOG=debug does the same;
-        RUST_LOG=warn silences the one line logged per message).
-
-    -h, --help
-        Show this help and exit.
-
-Relay options (PureProxy and MailmanProxy; not in Python's smtpd):
-
-    --relay-mode live|after-data
-        live (the default): the upstream session opens at MAIL and every
-        MAIL, RCPT and end of data is answered with the upstream's own reply.
-        after-data (CPython's timing): the upstream is contacted once the
-        message is complete. Either way the client hears 250 only when the
-        upstream took the message, and 451 when it is down, slow or refuses
-        temporarily, so no mail is lost.
-
-    --trusted NET[,NET...]
-        Networks (CIDR, e.g. 192.0.2.0/24) whose clients may relay, besides
-        loopback. Repeatable.
-
-    --open-relay
-        Let anybody relay. Dangerous: only behind other access control.
-
-    --upstream-timeout SECS
-        Give up on an upstream that does not connect or answer within SECS
-        seconds (default 30 to connect, 60 per reply, 120 after the data).
-
-Limits (not in Python's smtpd; defaults and replies in docs/limits.md; 0 = none):
-
-    --limit-connections N     simultaneous connections (default: the
-                              descriptor limit less 64)
-    --limit-per-ip N          connections per client address (default 50;
-                              loopback and --trusted networks exempt)
-    --limit-errors N          protocol errors before 421 (default 20)
-    --limit-recipients N      recipients per message (default 100)
-    --limit-data-memory BYTES message data held in memory at once, all
-                              connections together (default 536870912)
-    --limit-command-timeout SECS  time for each command line (default 300)
-    --limit-data-timeout SECS     silence allowed inside DATA (default 300)
-    --limit-data-rate BYTES   least average DATA rate per second (default 500)
-    --greeting-delay MS       hold the greeting back; clients talking
-                              before it get 554 (default 0: off)
-    --backlog N               listen backlog (default 1024)
-MailmanProxy options (not in Python's smtpd). List mail goes to Mailman,
-everything else is relayed upstream as PureProxy (live) relays it:
-
-    --mailman-lmtp HOST:PORT|PATH
-        Mailman 3's LMTP runner (default 127.0.0.1:8024), or the path of
-        its unix socket. Mailman itself says at RCPT time which recipients
-        are its lists; while it is unreachable they get 451.
-
-    --mailman2-prefix DIR
-        Use Mailman 2 instead: lists are DIR/lists/NAME, mail is piped to
-        DIR/mail/mailman. Its wrapper checks the caller's group, so run
-        with -n as a user of Mailman's mail group.
-
-    --mailman-suffixes cpython|mailman3
-        cpython (the default): LIST and LIST-admin|owner|request|join|leave,
-        never a name with a dash. mailman3: also -bounces, -confirm,
-        -subscribe, -unsubscribe, +tags and list names with dashes.
-
-    --mailman-domain DOMAIN
-        Mailman 3: ask about lists in DOMAIN whatever the recipient's
-        domain (CPython ignored it). Default: the recipient's domain.
-
+"
+    );
+    let mut section = None;
+    for spec in OPTIONS {
+        if section != Some(spec.section) {
+            if section == Some(Section::Limits) {
+                text.push('\n');
+            }
+            text.push_str(spec.section.heading());
+            section = Some(spec.section);
+        }
+        spec.write_help(&mut text);
+    }
+    if section == Some(Section::Limits) {
+        text.push('\n');
+    }
+    text.push_str(
+        "\
 The local address defaults to localhost:8025 and the remote address to
 localhost:25. Either port may be given without a host (`:8025') to mean
 all interfaces; put an IPv6 address in brackets, as in [::1]:8025.
-"
-    )
+",
+    );
+    text
 }
 
 #[cfg(test)]
@@ -687,6 +996,108 @@ mod tests {
         assert_eq!(e.message, "Invalid value for --limit-errors: -1");
         // CPython's prefixes still resolve as before.
         assert!(run(&["--d"]).debug);
+    }
+
+    #[test]
+    fn option_table_is_consistent() {
+        let usage = usage_text("prog");
+        for (i, spec) in OPTIONS.iter().enumerate() {
+            // Names are unique, so every name (and every unique prefix) finds its own row.
+            assert!(
+                OPTIONS[i + 1..].iter().all(|o| o.long != spec.long),
+                "--{} twice",
+                spec.long
+            );
+            assert!(std::ptr::eq(resolve_long(spec.long).unwrap(), spec));
+            if let Some(c) = spec.short {
+                assert!(std::ptr::eq(find_short(c).unwrap(), spec), "-{c}");
+                // Only CPython's options have one-letter names.
+                assert_eq!(spec.section, Section::Python, "-{c}");
+            }
+            assert!(
+                usage.contains(&spec.label()),
+                "usage lacks {}",
+                spec.label()
+            );
+            assert!(!spec.help.is_empty(), "--{} has no help", spec.long);
+        }
+        // Exactly CPython's short options, and the two that take an argument.
+        let mut shorts: Vec<_> = OPTIONS.iter().filter_map(|o| o.short).collect();
+        shorts.sort_unstable();
+        assert_eq!(shorts, ['V', 'c', 'd', 'h', 'n', 's', 'u']);
+        for (c, takes) in [('c', true), ('s', true), ('n', false), ('h', false)] {
+            assert_eq!(find_short(c).unwrap().takes_arg(), takes, "-{c}");
+        }
+    }
+
+    #[test]
+    fn relay_and_mailman_values_are_parsed_once() {
+        let o = run(&[
+            "--relay-mode",
+            "after-data",
+            "--trusted",
+            "192.0.2.0/24, 2001:db8::1",
+            "--trusted=10.0.0.0/8",
+            "--mailman-suffixes",
+            "mailman3",
+            "--mailman-lmtp",
+            "[::1]:8024",
+        ]);
+        assert_eq!(o.relay_mode, Some(RelayMode::AfterData));
+        let nets: Vec<String> = o.trusted.iter().map(|n| n.to_string()).collect();
+        assert_eq!(nets, ["192.0.2.0/24", "2001:db8::1/128", "10.0.0.0/8"]);
+        assert_eq!(o.mailman_suffixes, Some(Suffixes::Mailman3));
+        let lmtp = o.mailman_lmtp.unwrap();
+        assert_eq!(
+            lmtp,
+            LmtpTarget::Tcp {
+                host: "::1".into(),
+                port: 8024
+            }
+        );
+        assert_eq!(lmtp.to_string(), "[::1]:8024");
+        assert_eq!(
+            run(&["--relay-mode=live"]).relay_mode,
+            Some(RelayMode::Live)
+        );
+        assert_eq!(
+            run(&["--mailman-lmtp", "/run/lmtp.sock"]).mailman_lmtp,
+            Some(LmtpTarget::Unix("/run/lmtp.sock".into()))
+        );
+        let table: &[(&[&str], &str)] = &[
+            (
+                &["--relay-mode", "sometimes"],
+                "Invalid relay mode: sometimes (live or after-data)",
+            ),
+            // Every network is checked, the second of a list too.
+            (
+                &["--trusted", "10.0.0.0/8,not-a-net"],
+                "Invalid trusted network: not-a-net",
+            ),
+            (
+                &["--mailman-suffixes", "all"],
+                "Invalid Mailman suffixes: all (cpython or mailman3)",
+            ),
+            (
+                &["--mailman-lmtp", "nowhere"],
+                "Invalid Mailman LMTP address: nowhere (HOST:PORT or a socket path)",
+            ),
+            (&["--upstream-timeout", "0"], "Invalid upstream timeout: 0"),
+            (&["--backlog", "0"], "Invalid value for --backlog: 0"),
+            (
+                &["--backlog", "2147483648"],
+                "Invalid value for --backlog: 2147483648",
+            ),
+        ];
+        for (args, message) in table {
+            let e = err(args);
+            assert_eq!(e.message, *message, "{args:?}");
+            assert_eq!(e.usage, usage_text("smtpd"), "{args:?}");
+        }
+        assert_eq!(
+            run(&["--backlog", "2147483647"]).limits.backlog,
+            Some(i32::MAX)
+        );
     }
 
     #[test]

@@ -7,7 +7,7 @@
 
 mod args;
 
-pub use args::{parse_args, parse_spec, usage_text, CliError, Limits, Options, Parsed};
+pub use args::{parse_args, parse_spec, usage_text, CliError, Limits, LmtpTarget, Options, Parsed};
 
 use std::cell::RefCell;
 use std::ffi::OsString;
@@ -18,12 +18,11 @@ use std::time::Duration;
 
 use crate::reactor::Reactor;
 use crate::server::{Listener, ServerOptions, Shutdown, SmtpServer};
-use crate::servers::mailman::{Backend, LmtpAddr, Mailman2, Suffixes};
+use crate::servers::mailman::{Backend, LmtpAddr, Mailman2};
 use crate::servers::{
     DebuggingServer, MailmanOptions, MailmanProxy, ProxyOptions, PureProxy, RelayMode, Sink,
 };
 use crate::smtp::DATA_SIZE_DEFAULT;
-use ipnet::IpNet;
 
 /// The version line printed by `-V` (CPython prints its `__version__`).
 pub const VERSION: &str = concat!("smtpd-rs ", env!("CARGO_PKG_VERSION"));
@@ -42,11 +41,19 @@ pub struct ClassArgs<'a> {
     pub remote: Option<SocketAddr>,
 }
 
-type Factory = Box<dyn Fn(&ClassArgs<'_>) -> Result<Rc<RefCell<dyn SmtpServer>>, String>>;
+/// Why a server class could not be built: any error, shown to the user as the reason the
+/// program did not start (`Box<dyn Error>`, so a factory can use `?` on I/O and parse errors,
+/// or return a message with `"...".into()`).
+pub type ClassError = Box<dyn std::error::Error>;
+
+/// A shared server, as [`Listener::bind`] takes it.
+pub type SharedServer = Rc<RefCell<dyn SmtpServer>>;
+
+type Factory = Box<dyn Fn(&ClassArgs<'_>) -> Result<SharedServer, ClassError>>;
 
 /// The server classes `-c NAME` can choose from.
 pub struct Classes {
-    entries: Vec<(String, Option<Factory>)>,
+    entries: Vec<(String, Factory)>,
 }
 
 impl Classes {
@@ -68,40 +75,31 @@ impl Classes {
         classes
     }
 
-    /// Adds (or replaces) a class under `name`.
+    /// Adds (or replaces) a class under `name`. The factory runs once, at start-up, after
+    /// the command line was parsed and before the listener binds; its error ends the program
+    /// with status 1 and the error's message on stderr.
     pub fn register(
         &mut self,
         name: &str,
-        factory: impl Fn(&ClassArgs<'_>) -> Result<Rc<RefCell<dyn SmtpServer>>, String> + 'static,
+        factory: impl Fn(&ClassArgs<'_>) -> Result<SharedServer, ClassError> + 'static,
     ) {
         self.entries.retain(|(n, _)| n != name);
-        self.entries
-            .push((name.to_string(), Some(Box::new(factory))));
+        self.entries.push((name.to_string(), Box::new(factory)));
     }
 
-    /// The names of the classes that can run.
+    /// The names of the classes, in the order they were registered.
     pub fn available(&self) -> Vec<&str> {
-        self.entries
-            .iter()
-            .filter(|(_, f)| f.is_some())
-            .map(|(n, _)| n.as_str())
-            .collect()
+        self.entries.iter().map(|(n, _)| n.as_str()).collect()
     }
 
-    fn build(
-        &self,
-        name: &str,
-        args: &ClassArgs<'_>,
-    ) -> Result<Rc<RefCell<dyn SmtpServer>>, String> {
-        let available = self.available().join(", ");
+    fn build(&self, name: &str, args: &ClassArgs<'_>) -> Result<SharedServer, ClassError> {
         match self.entries.iter().find(|(n, _)| n == name) {
-            Some((_, Some(factory))) => factory(args),
-            Some((_, None)) => Err(format!(
-                "server class {name} is not available in this version yet; available: {available}"
-            )),
+            Some((_, factory)) => factory(args),
             None => Err(format!(
-                "unknown server class: {name} (available: {available})"
-            )),
+                "unknown server class: {name} (available: {})",
+                self.available().join(", ")
+            )
+            .into()),
         }
     }
 }
@@ -127,27 +125,15 @@ fn resolved_upstream(args: &ClassArgs<'_>) -> Result<SocketAddr, String> {
 
 /// Builds a [`PureProxy`] from the command line.
 fn pure_proxy(args: &ClassArgs<'_>) -> Result<PureProxy, String> {
-    let o = args.options;
-    let upstream = resolved_upstream(args)?;
-    let mut options = relay_options(o)?;
-    match o.relay_mode.as_deref() {
-        None | Some("live") => options.mode = RelayMode::Live,
-        Some("after-data") => options.mode = RelayMode::AfterData,
-        Some(other) => return Err(format!("Invalid relay mode: {other}")),
-    }
-    Ok(PureProxy::new(upstream, options))
+    let mut options = relay_options(args.options);
+    options.mode = args.options.relay_mode.unwrap_or(RelayMode::Live);
+    Ok(PureProxy::new(resolved_upstream(args)?, options))
 }
 
 /// The relay settings shared by PureProxy and MailmanProxy.
-fn relay_options(o: &Options) -> Result<ProxyOptions, String> {
+fn relay_options(o: &Options) -> ProxyOptions {
     let mut options = ProxyOptions::default();
-    for net in &o.trusted {
-        let parsed: IpNet = net
-            .parse()
-            .or_else(|_| net.parse::<std::net::IpAddr>().map(IpNet::from))
-            .map_err(|_| format!("Invalid trusted network: {net}"))?;
-        options.trusted.push(parsed);
-    }
+    options.trusted.extend(o.trusted.iter().copied());
     options.open_relay = o.open_relay;
     if let Some(secs) = o.upstream_timeout {
         let t = Duration::from_secs(secs);
@@ -155,7 +141,7 @@ fn relay_options(o: &Options) -> Result<ProxyOptions, String> {
         options.relay.command_timeout = t;
         options.relay.data_timeout = t * 2;
     }
-    Ok(options)
+    options
 }
 
 /// Builds a [`MailmanProxy`] from the command line, and warns (without failing) when Mailman
@@ -163,7 +149,7 @@ fn relay_options(o: &Options) -> Result<ProxyOptions, String> {
 fn mailman_proxy(args: &ClassArgs<'_>) -> Result<MailmanProxy, String> {
     let o = args.options;
     let upstream = resolved_upstream(args)?;
-    if o.relay_mode.as_deref() == Some("after-data") {
+    if o.relay_mode == Some(RelayMode::AfterData) {
         return Err("MailmanProxy relays live only (no --relay-mode after-data)".into());
     }
     if o.enable_smtputf8 {
@@ -175,29 +161,22 @@ fn mailman_proxy(args: &ClassArgs<'_>) -> Result<MailmanProxy, String> {
             return Err("Give --mailman-lmtp or --mailman2-prefix, not both".into());
         }
         (Some(prefix), None) => Backend::Mailman2(Mailman2::at(prefix)),
-        (None, Some(spec)) if spec.contains('/') => Backend::Mailman3(LmtpAddr::Unix(spec.into())),
-        (None, Some(spec)) => {
-            let (host, port) =
-                parse_spec(spec).ok_or_else(|| format!("Invalid Mailman LMTP address: {spec}"))?;
-            let addr = resolve(&host, port)
-                .ok_or_else(|| format!("Cannot resolve Mailman LMTP address: {spec}"))?;
+        (None, Some(LmtpTarget::Unix(path))) => Backend::Mailman3(LmtpAddr::Unix(path.clone())),
+        (None, Some(target @ LmtpTarget::Tcp { host, port })) => {
+            let addr = resolve(host, *port)
+                .ok_or_else(|| format!("Cannot resolve Mailman LMTP address: {target}"))?;
             Backend::Mailman3(LmtpAddr::Tcp(addr))
         }
         (None, None) => Backend::default(),
-    };
-    let suffixes = match o.mailman_suffixes.as_deref() {
-        None | Some("cpython") => Suffixes::Cpython,
-        Some("mailman3") => Suffixes::Mailman3,
-        Some(other) => return Err(format!("Invalid Mailman suffixes: {other}")),
     };
     let target = match &backend {
         Backend::Mailman2(mm2) => format!("Mailman 2's wrapper {}", mm2.wrapper.display()),
         Backend::Mailman3(lmtp) => format!("Mailman 3 at {lmtp}"),
     };
     let mut options = MailmanOptions {
-        proxy: relay_options(o)?,
+        proxy: relay_options(o),
         backend,
-        suffixes,
+        suffixes: o.mailman_suffixes.unwrap_or_default(),
         mailman_domain: o.mailman_domain.clone(),
         ..MailmanOptions::default()
     };
@@ -213,7 +192,7 @@ fn mailman_proxy(args: &ClassArgs<'_>) -> Result<MailmanProxy, String> {
 }
 
 /// Applies the `--limit-*`, `--greeting-delay` and `--backlog` options.
-fn apply_limits(limits: &Limits, o: &mut ServerOptions) -> Result<(), String> {
+fn apply_limits(limits: &Limits, o: &mut ServerOptions) {
     let size = |n: u64| usize::try_from(n).unwrap_or(usize::MAX);
     let secs = |n: u64| (n > 0).then(|| Duration::from_secs(n));
     if let Some(n) = limits.connections {
@@ -244,12 +223,8 @@ fn apply_limits(limits: &Limits, o: &mut ServerOptions) -> Result<(), String> {
         o.greeting_delay = (n > 0).then(|| Duration::from_millis(n));
     }
     if let Some(n) = limits.backlog {
-        o.backlog = i32::try_from(n)
-            .ok()
-            .filter(|&b| b > 0)
-            .ok_or_else(|| format!("Invalid backlog: {n}"))?;
+        o.backlog = n;
     }
-    Ok(())
 }
 
 fn resolve(host: &str, port: u16) -> Option<SocketAddr> {
@@ -313,22 +288,19 @@ fn serve(options: &Options, classes: &Classes) -> Result<(), String> {
         )
     })?;
     let remote = resolve(&options.remotehost, options.remoteport);
-    let server = classes.build(&options.classname, &ClassArgs { options, remote })?;
+    let server = classes
+        .build(&options.classname, &ClassArgs { options, remote })
+        .map_err(|e| e.to_string())?;
     // Before the options are built: their connection cap follows the descriptor limit.
-    match crate::server::raise_fd_limit() {
+    match crate::sys::raise_fd_limit() {
         Ok(n) => log::debug!("descriptor limit {n}"),
         Err(e) => log::warn!("cannot raise the descriptor limit: {e}"),
     }
     let mut server_options = ServerOptions::default();
-    apply_limits(&options.limits, &mut server_options)?;
-    for net in &options.trusted {
-        if let Ok(net) = net
-            .parse::<IpNet>()
-            .or_else(|_| net.parse::<std::net::IpAddr>().map(IpNet::from))
-        {
-            server_options.trusted_networks.push(net);
-        }
-    }
+    apply_limits(&options.limits, &mut server_options);
+    server_options
+        .trusted_networks
+        .extend(options.trusted.iter().copied());
     server_options.session.product = VERSION.to_string();
     server_options.session.data_size_limit = options.size_limit.unwrap_or(DATA_SIZE_DEFAULT);
     server_options.session.enable_smtputf8 = options.enable_smtputf8;
@@ -372,4 +344,75 @@ fn serve(options: &Options, classes: &Classes) -> Result<(), String> {
         .run()
         .map_err(|e| format!("The event loop failed: {e}"))?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(options: &Options) -> ClassArgs<'_> {
+        ClassArgs {
+            options,
+            remote: None,
+        }
+    }
+
+    #[test]
+    fn classes_register_replace_and_report_errors() {
+        let mut classes = Classes::builtin();
+        assert_eq!(
+            classes.available(),
+            ["DebuggingServer", "Sink", "PureProxy", "MailmanProxy"]
+        );
+        // A factory can use `?` on any error type.
+        classes.register("Sink", |_| {
+            let port: u16 = "not a port".parse()?;
+            Err(format!("unreachable: {port}").into())
+        });
+        assert_eq!(
+            classes.available(),
+            ["DebuggingServer", "PureProxy", "MailmanProxy", "Sink"]
+        );
+        let options = Options::default();
+        let message = |name| match classes.build(name, &args(&options)) {
+            Ok(_) => panic!("{name} built"),
+            Err(e) => e.to_string(),
+        };
+        assert_eq!(message("Sink"), "invalid digit found in string");
+        assert_eq!(
+            message("Nope"),
+            "unknown server class: Nope (available: DebuggingServer, PureProxy, MailmanProxy, Sink)"
+        );
+        // A relaying class says why it cannot start without an upstream address.
+        assert_eq!(
+            message("PureProxy"),
+            "Cannot resolve remote address: localhost:25"
+        );
+        assert!(classes.build("DebuggingServer", &args(&options)).is_ok());
+    }
+
+    #[test]
+    fn limits_reach_the_server_options() {
+        let Ok(Parsed::Run(o)) = parse_args(
+            [
+                "--limit-command-timeout",
+                "0",
+                "--greeting-delay",
+                "250",
+                "--backlog",
+                "7",
+            ]
+            .map(OsString::from),
+            "smtpd",
+            VERSION,
+        ) else {
+            panic!("not parsed")
+        };
+        let mut server = ServerOptions::default();
+        apply_limits(&o.limits, &mut server);
+        assert_eq!(server.idle_timeout, None);
+        assert_eq!(server.greeting_delay, Some(Duration::from_millis(250)));
+        assert_eq!(server.backlog, 7);
+        assert_eq!(server.max_connections_per_ip, 50);
+    }
 }

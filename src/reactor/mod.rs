@@ -45,7 +45,7 @@ pub use token::Handle;
 use std::any::Any;
 use std::collections::VecDeque;
 use std::io;
-use std::os::fd::{AsRawFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, RawFd};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
@@ -592,6 +592,24 @@ impl AsRawFd for Reactor {
     /// reactor in another poller by waiting on it — but see [`Reactor::has_pending_work`].
     fn as_raw_fd(&self) -> RawFd {
         self.poll.as_raw_fd()
+    }
+}
+
+impl AsFd for Reactor {
+    /// The epoll descriptor, borrowed (the same one as [`as_raw_fd`](AsRawFd::as_raw_fd)):
+    /// register it with a foreign poller (`nix::sys::epoll`, `polling`, a GUI toolkit's main
+    /// loop) and call [`Reactor::poll_once`] with a zero timeout when it is readable — but see
+    /// [`Reactor::has_pending_work`]. The reactor keeps owning it.
+    ///
+    /// ```
+    /// use std::os::fd::{AsFd, AsRawFd};
+    /// let reactor = smtpd::reactor::Reactor::new()?;
+    /// assert_eq!(reactor.as_fd().as_raw_fd(), reactor.as_raw_fd());
+    /// # Ok::<(), std::io::Error>(())
+    /// ```
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        // mio's `Registry` shares the `Poll`'s selector descriptor.
+        self.poll.registry().as_fd()
     }
 }
 

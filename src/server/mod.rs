@@ -38,26 +38,7 @@ use std::time::Duration;
 use crate::chat::ChatOptions;
 use crate::reactor::{Ctx, Handle, RemoteHandle};
 use crate::smtp::Config;
-
-/// The machine's fully qualified domain name as Python's `socket.getfqdn()` finds it: the host
-/// name, resolved and looked up in reverse; the first of those names that contains a dot, else
-/// the reverse name, else the host name. Looked up once per process (it is blocking I/O) and
-/// cached; the default [`ServerOptions`] greet with it.
-pub fn fqdn() -> String {
-    static FQDN: std::sync::OnceLock<String> = std::sync::OnceLock::new();
-    FQDN.get_or_init(|| {
-        let host = dns_lookup::get_hostname().unwrap_or_else(|_| "localhost".into());
-        let reverse = dns_lookup::lookup_host(&host)
-            .ok()
-            .and_then(|addrs| addrs.into_iter().next())
-            .and_then(|ip| dns_lookup::lookup_addr(&ip).ok());
-        match reverse {
-            Some(name) if name.contains('.') || !host.contains('.') => name,
-            _ => host,
-        }
-    })
-    .clone()
-}
+use crate::sys::{fd_connection_limit, fqdn};
 
 /// What [`SmtpServer::process_message`] decides.
 #[derive(Debug)]
@@ -330,40 +311,6 @@ impl Drop for Ticket {
             );
         }
     }
-}
-
-/// Descriptors kept free when [`ServerOptions::max_connections`] is derived from the
-/// descriptor limit: the listener, the epoll and waker descriptors, log files, the acceptor's
-/// reserve, outgoing relay connections.
-pub const FD_RESERVE: usize = 64;
-
-/// The default [`ServerOptions::max_connections`]: the process's soft `RLIMIT_NOFILE` minus
-/// [`FD_RESERVE`] (at least 1), so the connection cap is reached before descriptors run out.
-/// The `smtpd` binary raises the soft limit to the hard one first
-/// ([`raise_fd_limit`]). 0 (no cap) when the limit cannot be read.
-pub fn fd_connection_limit() -> usize {
-    use nix::sys::resource::{getrlimit, Resource};
-    match getrlimit(Resource::RLIMIT_NOFILE) {
-        Ok((soft, _)) => usize::try_from(soft)
-            .unwrap_or(usize::MAX)
-            .saturating_sub(FD_RESERVE)
-            .max(1),
-        Err(_) => 0,
-    }
-}
-
-/// Raises the soft `RLIMIT_NOFILE` to the hard limit and returns the new soft limit. The
-/// `smtpd` binary calls it at start-up, before it builds its [`ServerOptions`].
-///
-/// # Errors
-/// When the limit cannot be read or set.
-pub fn raise_fd_limit() -> std::io::Result<u64> {
-    use nix::sys::resource::{getrlimit, setrlimit, Resource};
-    let (soft, hard) = getrlimit(Resource::RLIMIT_NOFILE)?;
-    if soft < hard {
-        setrlimit(Resource::RLIMIT_NOFILE, hard, hard)?;
-    }
-    Ok(hard.max(soft))
 }
 
 /// How a [`Listener`] and its channels behave. `Default` gives CPython's defaults plus the

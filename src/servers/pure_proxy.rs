@@ -14,7 +14,8 @@ use std::collections::HashMap;
 
 use crate::client::RelayCommand;
 use crate::reactor::{Ctx, Handle};
-use crate::server::{fqdn, AddressRequest, Message, Outcome, Reply, ServerCtx, SmtpServer, Ticket};
+use crate::server::{AddressRequest, Message, Outcome, Reply, ServerCtx, SmtpServer, Ticket};
+use crate::sys::fqdn;
 
 /// When the upstream is contacted.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
