@@ -11,7 +11,7 @@ use mio::event::Source;
 use mio::{Interest, Registry, Token};
 
 use super::classify::is_safe_list_name;
-use crate::reactor::{Ctx, Dispatcher, FileStream, TimerId};
+use crate::reactor::{Ctx, Dispatcher, FileStream, Halves, TimerId};
 use crate::server::Reply;
 
 /// A Mailman 2 installation: `$prefix/lists/NAME/config.pck`, `$prefix/mail/mailman`.
@@ -108,36 +108,41 @@ pub fn reply_for_status(status: Option<ExitStatus>, list: &str, output: &str) ->
 pub type Done = Box<dyn FnOnce(Reply, &mut Ctx<'_>)>;
 
 /// The child's stdin (until the message is written) and its stdout+stderr (one pipe), under one
-/// token.
+/// token: a [`Duplex`](crate::reactor::Duplex) whose writing half can be closed early.
 #[derive(Debug)]
 struct ChildIo {
     stdin: Option<FileStream>,
     output: FileStream,
 }
 
+impl ChildIo {
+    fn halves(&mut self) -> Halves<'_> {
+        let stdin = self.stdin.as_mut().map(|s| s as &mut dyn Source);
+        Halves::new(Some(&mut self.output), stdin)
+    }
+}
+
 impl Source for ChildIo {
-    fn register(&mut self, registry: &Registry, token: Token, _: Interest) -> io::Result<()> {
-        self.output.register(registry, token, Interest::READABLE)?;
-        if let Some(stdin) = &mut self.stdin {
-            stdin.register(registry, token, Interest::WRITABLE)?;
-        }
-        Ok(())
+    fn register(
+        &mut self,
+        registry: &Registry,
+        token: Token,
+        interest: Interest,
+    ) -> io::Result<()> {
+        self.halves().register(registry, token, interest)
     }
 
-    fn reregister(&mut self, registry: &Registry, token: Token, _: Interest) -> io::Result<()> {
-        self.output
-            .reregister(registry, token, Interest::READABLE)?;
-        if let Some(stdin) = &mut self.stdin {
-            stdin.reregister(registry, token, Interest::WRITABLE)?;
-        }
-        Ok(())
+    fn reregister(
+        &mut self,
+        registry: &Registry,
+        token: Token,
+        interest: Interest,
+    ) -> io::Result<()> {
+        self.halves().reregister(registry, token, interest)
     }
 
     fn deregister(&mut self, registry: &Registry) -> io::Result<()> {
-        if let Some(stdin) = &mut self.stdin {
-            let _ = stdin.deregister(registry);
-        }
-        self.output.deregister(registry)
+        self.halves().deregister(registry)
     }
 }
 
