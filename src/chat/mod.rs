@@ -39,6 +39,7 @@ mod transport;
 pub use outbuf::Producer;
 pub(crate) use terminator::Framing as TerminatorFraming;
 pub use terminator::Terminator;
+pub(crate) use transport::forward_source;
 pub use transport::{Endpoint, Socket, Transport, TransportSwitch};
 
 use std::any::{type_name, Any};

@@ -11,6 +11,38 @@ use mio::event::Source;
 use mio::net::{TcpStream, UnixStream};
 use mio::{Interest, Registry, Token};
 
+/// Implements [`Source`]'s three methods by forwarding them to what `$target` gives for
+/// `$this` (a wrapped transport, a raw descriptor, two halves).
+macro_rules! forward_source {
+    (|$this:ident| $target:expr) => {
+        fn register(
+            &mut self,
+            registry: &mio::Registry,
+            token: mio::Token,
+            interest: mio::Interest,
+        ) -> std::io::Result<()> {
+            let $this = self;
+            $target.register(registry, token, interest)
+        }
+
+        fn reregister(
+            &mut self,
+            registry: &mio::Registry,
+            token: mio::Token,
+            interest: mio::Interest,
+        ) -> std::io::Result<()> {
+            let $this = self;
+            $target.reregister(registry, token, interest)
+        }
+
+        fn deregister(&mut self, registry: &mio::Registry) -> std::io::Result<()> {
+            let $this = self;
+            $target.deregister(registry)
+        }
+    };
+}
+pub(crate) use forward_source;
+
 /// A byte transport a [`Chat`](super::Chat) can own: plaintext in and out, registered with mio
 /// under the chat's token. Plain sockets, pipes and [`FileStream`](crate::reactor::FileStream)s
 /// are transports as they are; a layer such as TLS is a transport over another one.
@@ -115,29 +147,24 @@ fn connected(error: io::Result<Option<io::Error>>, peer: io::Result<()>) -> io::
     }
 }
 
-impl Transport for TcpStream {
-    fn short_read_drains(&self) -> bool {
-        true
-    }
-    fn shutdown_write(&mut self) -> io::Result<()> {
-        self.shutdown(Shutdown::Write)
-    }
-    fn finish_connect(&mut self) -> io::Result<bool> {
-        connected(self.take_error(), self.peer_addr().map(drop))
-    }
+/// mio's sockets: a short read proves them drained, `shutdown(SHUT_WR)`, mio's connect procedure.
+macro_rules! socket_transport {
+    ($($socket:ty),*) => {$(
+        impl Transport for $socket {
+            fn short_read_drains(&self) -> bool {
+                true
+            }
+            fn shutdown_write(&mut self) -> io::Result<()> {
+                self.shutdown(Shutdown::Write)
+            }
+            fn finish_connect(&mut self) -> io::Result<bool> {
+                connected(self.take_error(), self.peer_addr().map(drop))
+            }
+        }
+    )*};
 }
 
-impl Transport for UnixStream {
-    fn short_read_drains(&self) -> bool {
-        true
-    }
-    fn shutdown_write(&mut self) -> io::Result<()> {
-        self.shutdown(Shutdown::Write)
-    }
-    fn finish_connect(&mut self) -> io::Result<bool> {
-        connected(self.take_error(), self.peer_addr().map(drop))
-    }
-}
+socket_transport!(TcpStream, UnixStream);
 
 /// Where an outgoing channel connects to ([`ChatDispatcher::connect`](super::ChatDispatcher::connect)):
 /// a resolved TCP address or a unix-domain socket path.

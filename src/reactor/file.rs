@@ -17,6 +17,8 @@ use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
 use mio::event::Source;
 use mio::unix::pipe::{Receiver, Sender};
 use mio::unix::SourceFd;
+
+use crate::chat::forward_source;
 use mio::{Interest, Registry, Token};
 
 /// Sets `O_NONBLOCK` on any descriptor, without `unsafe` (mio's pipe type does the `fcntl`).
@@ -97,27 +99,7 @@ impl Write for FileStream {
 }
 
 impl Source for FileStream {
-    fn register(
-        &mut self,
-        registry: &Registry,
-        token: Token,
-        interest: Interest,
-    ) -> io::Result<()> {
-        SourceFd(&self.file.as_raw_fd()).register(registry, token, interest)
-    }
-
-    fn reregister(
-        &mut self,
-        registry: &Registry,
-        token: Token,
-        interest: Interest,
-    ) -> io::Result<()> {
-        SourceFd(&self.file.as_raw_fd()).reregister(registry, token, interest)
-    }
-
-    fn deregister(&mut self, registry: &Registry) -> io::Result<()> {
-        SourceFd(&self.file.as_raw_fd()).deregister(registry)
-    }
+    forward_source!(|s| SourceFd(&s.file.as_raw_fd()));
 }
 
 /// The defaults: no buffers of its own, a read always confirmed by `WouldBlock`, no shutdown
@@ -200,29 +182,7 @@ impl<R, W: Write> Write for Duplex<R, W> {
 }
 
 impl<R: Source, W: Source> Source for Duplex<R, W> {
-    fn register(
-        &mut self,
-        registry: &Registry,
-        token: Token,
-        interest: Interest,
-    ) -> io::Result<()> {
-        Halves::new(Some(&mut self.reader), Some(&mut self.writer))
-            .register(registry, token, interest)
-    }
-
-    fn reregister(
-        &mut self,
-        registry: &Registry,
-        token: Token,
-        interest: Interest,
-    ) -> io::Result<()> {
-        Halves::new(Some(&mut self.reader), Some(&mut self.writer))
-            .reregister(registry, token, interest)
-    }
-
-    fn deregister(&mut self, registry: &Registry) -> io::Result<()> {
-        Halves::new(Some(&mut self.reader), Some(&mut self.writer)).deregister(registry)
-    }
+    forward_source!(|d| Halves::new(Some(&mut d.reader), Some(&mut d.writer)));
 }
 
 /// A [`Duplex`] is a transport with the defaults (see

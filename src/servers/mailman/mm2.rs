@@ -8,9 +8,9 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::Duration;
 
 use mio::event::Source;
-use mio::{Interest, Registry, Token};
 
 use super::classify::is_safe_list_name;
+use crate::chat::forward_source;
 use crate::reactor::{Ctx, Dispatcher, FileStream, Halves, TimerId};
 use crate::server::Reply;
 
@@ -123,27 +123,7 @@ impl ChildIo {
 }
 
 impl Source for ChildIo {
-    fn register(
-        &mut self,
-        registry: &Registry,
-        token: Token,
-        interest: Interest,
-    ) -> io::Result<()> {
-        self.halves().register(registry, token, interest)
-    }
-
-    fn reregister(
-        &mut self,
-        registry: &Registry,
-        token: Token,
-        interest: Interest,
-    ) -> io::Result<()> {
-        self.halves().reregister(registry, token, interest)
-    }
-
-    fn deregister(&mut self, registry: &Registry) -> io::Result<()> {
-        self.halves().deregister(registry)
-    }
+    forward_source!(|io| io.halves());
 }
 
 /// Most output of the wrapper kept for the log.
