@@ -238,6 +238,14 @@ fn serve(
             }
             if lmtp {
                 let defect = rcpts.iter().any(|r| r.starts_with("defect@"));
+                // Recorded before the replies, so a test that has seen them finds the record.
+                if !defect {
+                    delivered.lock().unwrap().push(Delivered {
+                        from: from.clone(),
+                        rcpts: rcpts.clone(),
+                        data,
+                    });
+                }
                 for rcpt in &rcpts {
                     if defect {
                         say("501 Message has defects");
@@ -246,13 +254,6 @@ fn serve(
                     } else {
                         say("250 Ok");
                     }
-                }
-                if !defect {
-                    delivered.lock().unwrap().push(Delivered {
-                        from: from.clone(),
-                        rcpts: rcpts.clone(),
-                        data,
-                    });
                 }
             } else {
                 delivered.lock().unwrap().push(Delivered {
