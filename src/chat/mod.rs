@@ -1,7 +1,8 @@
 //! The buffered, terminator-framed channel: asynchat's `async_chat`, on the reactor.
 //!
-//! A [`Chat`] owns a [`Stream`] (a TCP socket now, TLS later), the unframed leftover of its
-//! input, the current [`Terminator`] and an output queue. Its owner supplies the protocol as a
+//! A [`Chat`] owns a [`Transport`] (a [`Socket`]: TCP or unix-domain now, TLS later; a pipe, a
+//! [`FileStream`](crate::reactor::FileStream)), the unframed leftover of its input, the current
+//! [`Terminator`] and an output queue. Its owner supplies the protocol as a
 //! [`ChatHandler`]: `collect_incoming_data` receives input up to the terminator, as it arrives;
 //! `found_terminator` runs when the terminator is seen and may push replies, change the
 //! terminator, pause input or ask to close. [`ChatDispatcher`] is the ready-made
@@ -20,18 +21,30 @@
 //! - **A bounded read budget per tick** keeps one fast client from starving the others.
 //! - **Peer half-close**: when the peer shuts its side down, complete units already received are
 //!   still framed and answered, output is flushed, then the channel closes.
-//! - **STARTTLS**: [`Chat::discard_input`] drops input buffered before a stream switch, as RFC 3207
-//!   requires.
+//! - **STARTTLS**: [`ChatCtl::switch_transport_when_flushed`] changes the transport in place
+//!   once the reply before it has been sent, and drops the input read before the switch, as
+//!   RFC 3207 requires.
+//!
+//! # Transports with input of their own
+//! A layer such as TLS may hold plaintext although its socket would block, and that raises no
+//! readiness event. The chat asks [`Transport::has_buffered_input`] after every hook (in
+//! [`Chat::settle`]) and reads such input itself whenever it wants input and the reactor no
+//! longer offers reads; the reactor's readiness contract is unchanged. Likewise output a
+//! transport holds ([`Transport::wants_write`]) keeps the chat writable and its close waiting.
 
 mod outbuf;
 mod terminator;
+mod transport;
 
 pub use outbuf::Producer;
 pub use terminator::Terminator;
+pub(crate) use transport::forward_source;
+pub use transport::{Endpoint, Socket, Transport, TransportSwitch};
 
-use std::any::{Any, TypeId};
+use std::any::{type_name, Any};
 use std::cell::Cell;
-use std::io::{self, Read, Write};
+use std::fmt;
+use std::io;
 
 use mio::event::Source;
 use mio::Interest;
@@ -39,12 +52,6 @@ use mio::Interest;
 use crate::reactor::{Ctx, Dispatcher, TimerId};
 use outbuf::OutBuf;
 use terminator::Framing;
-
-/// A byte stream a [`Chat`] can own: anything readable, writable and registrable with mio
-/// (`mio::net::TcpStream`, `mio::net::UnixStream`, a pipe, a TLS wrapper).
-pub trait Stream: Read + Write + Source + 'static {}
-
-impl<T: Read + Write + Source + 'static> Stream for T {}
 
 /// Size of the thread-wide read buffer (asynchat's `ac_in_buffer_size`).
 pub const SCRATCH_SIZE: usize = 64 * 1024;
@@ -63,14 +70,6 @@ fn take_scratch() -> Vec<u8> {
 
 fn put_scratch(buf: Vec<u8>) {
     SCRATCH.with(|s| s.set(buf));
-}
-
-/// Whether a short read from `S` proves that the OS socket is drained: true for mio's own
-/// sockets, registered edge-triggered (epoll, kqueue), where data arriving later raises a new
-/// event. Not for other streams, such as a TLS layer that may hold decrypted bytes of its own.
-fn short_read_drains<S: 'static>() -> bool {
-    let s = TypeId::of::<S>();
-    s == TypeId::of::<mio::net::TcpStream>() || s == TypeId::of::<mio::net::UnixStream>()
 }
 
 /// Limits of a [`Chat`].
@@ -113,7 +112,24 @@ pub struct ChatCtl {
     throttled: bool,
     /// The output cap was exceeded: output is dropped and the channel closes.
     overflowed: bool,
+    /// A transport switch waiting for the output before it to be sent.
+    switch: Option<TransportSwitch>,
     options: ChatOptions,
+}
+
+impl fmt::Debug for ChatCtl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ChatCtl")
+            .field("terminator", &self.framing.terminator)
+            .field("pending_output", &self.out.len())
+            .field("paused", &self.paused)
+            .field("closing", &self.closing)
+            .field("throttled", &self.throttled)
+            .field("overflowed", &self.overflowed)
+            .field("switch", &self.switch)
+            .field("options", &self.options)
+            .finish()
+    }
 }
 
 impl ChatCtl {
@@ -185,6 +201,23 @@ impl ChatCtl {
     /// Whether [`close_when_done`](Self::close_when_done) was asked for.
     pub fn is_closing(&self) -> bool {
         self.closing
+    }
+
+    /// Changes the transport in place once everything queued so far has been sent, the
+    /// transport's own output included (STARTTLS: push `220 Ready to start TLS`, then ask for
+    /// the switch). Until then no input is framed or read; at the switch, input read but not yet
+    /// framed is discarded (RFC 3207: nothing the client pipelined after STARTTLS may be acted
+    /// on), then `switch` runs on the transport. Input the new transport already holds is
+    /// delivered without waiting for a readiness event. If `switch` fails (or was made for
+    /// another transport type), the channel closes. A second request replaces the first; a
+    /// [`close_when_done`](Self::close_when_done) cancels it.
+    pub fn switch_transport_when_flushed(&mut self, switch: TransportSwitch) {
+        self.switch = Some(switch);
+    }
+
+    /// Whether a [transport switch](Self::switch_transport_when_flushed) is waiting.
+    pub fn is_switching(&self) -> bool {
+        self.switch.is_some()
     }
 
     /// Bytes queued for output and not yet written.
@@ -276,27 +309,43 @@ pub trait ChatHandler: 'static {
     }
 }
 
-/// asynchat's `async_chat` minus the protocol: a stream, its unframed input and its output queue.
-pub struct Chat<S> {
-    stream: S,
+/// asynchat's `async_chat` minus the protocol: a transport, its unframed input and its output
+/// queue.
+pub struct Chat<T> {
+    transport: T,
     /// Unframed input: a held-back partial terminator, or what was read while paused.
     input: Vec<u8>,
     ctl: ChatCtl,
     peer_closed: bool,
     peer_closed_reported: bool,
+    /// [`Transport::shutdown_write`] was called.
+    shut_down: bool,
     dead: bool,
 }
 
-impl<S: Stream> Chat<S> {
-    /// A chat over `stream` with a `\r\n` terminator and default options.
-    pub fn new(stream: S) -> Chat<S> {
-        Chat::with_options(stream, ChatOptions::default())
+impl<T> fmt::Debug for Chat<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Chat")
+            .field("transport", &type_name::<T>())
+            .field("buffered_input", &self.input.len())
+            .field("ctl", &self.ctl)
+            .field("peer_closed", &self.peer_closed)
+            .field("shut_down", &self.shut_down)
+            .field("dead", &self.dead)
+            .finish()
+    }
+}
+
+impl<T: Transport> Chat<T> {
+    /// A chat over `transport` with a `\r\n` terminator and default options.
+    pub fn new(transport: T) -> Chat<T> {
+        Chat::with_options(transport, ChatOptions::default())
     }
 
     /// A chat with explicit limits.
-    pub fn with_options(stream: S, options: ChatOptions) -> Chat<S> {
+    pub fn with_options(transport: T, options: ChatOptions) -> Chat<T> {
         Chat {
-            stream,
+            transport,
             input: Vec::new(),
             ctl: ChatCtl {
                 framing: Framing::new(Terminator::bytes("\r\n")),
@@ -305,10 +354,12 @@ impl<S: Stream> Chat<S> {
                 closing: false,
                 throttled: false,
                 overflowed: false,
+                switch: None,
                 options,
             },
             peer_closed: false,
             peer_closed_reported: false,
+            shut_down: false,
             dead: false,
         }
     }
@@ -318,15 +369,15 @@ impl<S: Stream> Chat<S> {
         &mut self.ctl
     }
 
-    /// The stream.
-    pub fn stream(&self) -> &S {
-        &self.stream
+    /// The transport.
+    pub fn transport(&self) -> &T {
+        &self.transport
     }
 
-    /// The stream, mutably (to register it, or to switch it to TLS after
-    /// [`discard_input`](Self::discard_input)).
-    pub fn stream_mut(&mut self) -> &mut S {
-        &mut self.stream
+    /// The transport, mutably (to register it, or to change it in place; a handler asks for
+    /// that with [`ChatCtl::switch_transport_when_flushed`]).
+    pub fn transport_mut(&mut self) -> &mut T {
+        &mut self.transport
     }
 
     /// Bytes read but not yet framed.
@@ -335,7 +386,8 @@ impl<S: Stream> Chat<S> {
     }
 
     /// Drops input read but not yet framed. RFC 3207: after `220 Ready to start TLS` nothing the
-    /// client sent before the handshake may be acted on.
+    /// client sent before the handshake may be acted on ([`ChatCtl::switch_transport_when_flushed`]
+    /// does this itself).
     pub fn discard_input(&mut self) {
         self.input.clear();
     }
@@ -347,20 +399,33 @@ impl<S: Stream> Chat<S> {
             && !self.ctl.paused
             && !self.ctl.closing
             && !self.ctl.throttled
+            && self.ctl.switch.is_none()
     }
 
-    /// asyncore's `writable()` for this chat.
+    /// asyncore's `writable()` for this chat: output is queued, or the transport holds output of
+    /// its own ([`Transport::wants_write`]).
     pub fn wants_write(&self) -> bool {
-        !self.dead && !self.ctl.out.is_empty()
+        !self.dead && (!self.ctl.out.is_empty() || self.transport.wants_write())
     }
 
-    /// `handle_read`: reads what the socket has (within the read budget) and frames it.
+    /// Whether all output is out: the queue and the transport's own.
+    fn is_flushed(&self) -> bool {
+        self.ctl.out.is_empty() && !self.transport.wants_write()
+    }
+
+    /// `handle_read`: reads what the transport has (within the read budget) and frames it.
     pub fn handle_read<H: ChatHandler>(&mut self, handler: &mut H, ctx: &mut Ctx<'_>) {
+        self.read_some(handler, ctx);
+        self.settle(handler, ctx);
+    }
+
+    /// The read loop of [`handle_read`](Self::handle_read).
+    fn read_some<H: ChatHandler>(&mut self, handler: &mut H, ctx: &mut Ctx<'_>) {
         let mut scratch = take_scratch();
         let mut budget = self.ctl.options.read_budget;
         while self.wants_read() && budget > 0 {
             let want = budget.min(scratch.len());
-            match self.stream.read(&mut scratch[..want]) {
+            match self.transport.read(&mut scratch[..want]) {
                 Ok(0) => self.peer_closed = true,
                 Ok(n) => {
                     budget -= n;
@@ -368,7 +433,8 @@ impl<S: Stream> Chat<S> {
                     if n < want
                         && self.input.is_empty()
                         && !self.ctl.out.is_empty()
-                        && short_read_drains::<S>()
+                        && self.transport.short_read_drains()
+                        && !self.transport.has_buffered_input()
                     {
                         // The socket is empty now, and more data raises a new edge event. When
                         // every unit read was complete and a reply is queued, the peer most
@@ -392,16 +458,16 @@ impl<S: Stream> Chat<S> {
             }
         }
         put_scratch(scratch);
-        self.settle(handler, ctx);
     }
 
-    /// `handle_write`: sends queued output until done or `WouldBlock`.
+    /// `handle_write`: sends queued output, then the transport's own, until done or
+    /// `WouldBlock`.
     pub fn handle_write(&mut self, ctx: &mut Ctx<'_>) {
         while !self.dead {
             let Some(front) = self.ctl.out.front() else {
                 break;
             };
-            match self.stream.write(front) {
+            match self.transport.write(front) {
                 Ok(0) => {
                     self.fail(ctx, io::ErrorKind::WriteZero.into());
                     break;
@@ -418,9 +484,51 @@ impl<S: Stream> Chat<S> {
                 }
             }
         }
+        if !self.dead && self.ctl.out.is_empty() && self.transport.wants_write() {
+            match self.transport.flush() {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => ctx.write_would_block(),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => self.fail(ctx, e),
+            }
+        }
         self.ctl.update_throttle();
-        if self.ctl.closing && self.ctl.out.is_empty() {
+        self.close_if_done(ctx);
+    }
+
+    /// Closes a `close_when_done` channel whose output is all out, after shutting the
+    /// transport's sending side down (a TLS layer then has its close-notify to send).
+    fn close_if_done(&mut self, ctx: &mut Ctx<'_>) {
+        if self.dead || !self.ctl.closing || !self.ctl.out.is_empty() {
+            return;
+        }
+        if !self.shut_down {
+            self.shut_down = true;
+            if let Err(e) = self.transport.shutdown_write() {
+                log::debug!("{:?}: shutdown: {e}", ctx.handle());
+            }
+        }
+        if !self.transport.wants_write() {
             ctx.close();
+        }
+    }
+
+    /// Carries out a transport switch once all output before it is out.
+    fn switch_if_flushed(&mut self, ctx: &mut Ctx<'_>) {
+        if self.ctl.switch.is_none() || !self.is_flushed() {
+            return;
+        }
+        let Some(switch) = self.ctl.switch.take() else {
+            return;
+        };
+        if self.ctl.closing {
+            return;
+        }
+        // RFC 3207: nothing received before the switch may be acted on.
+        self.input.clear();
+        if let Err(e) = switch.apply(&mut self.transport) {
+            log::warn!("{:?}: transport switch failed: {e}", ctx.handle());
+            self.fail(ctx, e);
         }
     }
 
@@ -428,24 +536,47 @@ impl<S: Stream> Chat<S> {
     /// been lifted, reports a peer half-close once everything complete is framed, and closes a
     /// channel whose `close_when_done` output is all sent. [`ChatDispatcher`] calls it after
     /// every hook; call it likewise when you embed a `Chat` in your own dispatcher.
+    ///
+    /// It also carries out a [transport switch](ChatCtl::switch_transport_when_flushed) whose
+    /// output is out, and reads input the transport holds itself
+    /// ([`Transport::has_buffered_input`]) when the reactor would not offer a read for it.
     pub fn settle<H: ChatHandler>(&mut self, handler: &mut H, ctx: &mut Ctx<'_>) {
         if self.dead {
             return;
         }
-        if !self.ctl.paused && !self.ctl.closing && !self.input.is_empty() {
+        self.switch_if_flushed(ctx);
+        if self.dead {
+            return;
+        }
+        if !self.ctl.paused
+            && !self.ctl.closing
+            && self.ctl.switch.is_none()
+            && !self.input.is_empty()
+        {
             let input = std::mem::take(&mut self.input);
             let used = self.frame(&input, handler, ctx);
             // Framing may have re-filled `input` only through this function, so it is empty.
             self.input = input;
             self.input.drain(..used);
         }
-        if self.peer_closed && !self.peer_closed_reported && !self.ctl.paused && !self.ctl.closing {
+        if self.transport.has_buffered_input() && self.wants_read() && !ctx.is_readable() {
+            // Input held by the transport raises no readiness event: read it now.
+            self.read_some(handler, ctx);
+            if self.dead {
+                return;
+            }
+            self.switch_if_flushed(ctx);
+        }
+        if self.peer_closed
+            && !self.peer_closed_reported
+            && !self.ctl.paused
+            && !self.ctl.closing
+            && self.ctl.switch.is_none()
+        {
             self.peer_closed_reported = true;
             handler.on_peer_closed(&mut self.ctl, ctx, self.input.len());
         }
-        if self.ctl.closing && self.ctl.out.is_empty() {
-            ctx.close();
-        }
+        self.close_if_done(ctx);
     }
 
     /// Frames bytes that did not come from this chat's own socket read: input decrypted by a TLS
@@ -481,14 +612,15 @@ impl<S: Stream> Chat<S> {
 
     /// asynchat's framing loop over `buf`; returns how many bytes were used.
     fn frame<H: ChatHandler>(&mut self, buf: &[u8], handler: &mut H, ctx: &mut Ctx<'_>) -> usize {
-        if buf.is_empty() || self.ctl.paused || self.ctl.closing {
+        if buf.is_empty() || self.ctl.paused || self.ctl.closing || self.ctl.switch.is_some() {
             return 0;
         }
         if let Some(used) = handler.receive(buf, &mut self.ctl, ctx) {
             return used.min(buf.len());
         }
         let mut used = 0;
-        while used < buf.len() && !self.ctl.paused && !self.ctl.closing {
+        while used < buf.len() && !self.ctl.paused && !self.ctl.closing && self.ctl.switch.is_none()
+        {
             let rest = &buf[used..];
             let step = self.ctl.framing.step(rest);
             if step.data > 0 {
@@ -506,78 +638,86 @@ impl<S: Stream> Chat<S> {
 }
 
 /// A [`Dispatcher`] made of a [`Chat`] and its [`ChatHandler`]: an `async_chat` subclass.
-pub struct ChatDispatcher<S, H> {
+pub struct ChatDispatcher<T, H> {
     /// The channel.
-    pub chat: Chat<S>,
+    pub chat: Chat<T>,
     /// The protocol.
     pub handler: H,
-    /// While an outgoing connection is in progress: how to tell whether it completed.
-    connecting: Option<fn(&S) -> io::Result<bool>>,
+    /// An outgoing connection is in progress ([`Transport::finish_connect`] tells when it is
+    /// done).
+    connecting: bool,
 }
 
-/// mio's procedure for a non-blocking connect: after a writable event, `take_error` reports a
-/// failure, and `peer_addr` succeeds once connected (`NotConnected` means "not yet").
-fn tcp_connected(stream: &mio::net::TcpStream) -> io::Result<bool> {
-    if let Some(e) = stream.take_error()? {
-        return Err(e);
-    }
-    match stream.peer_addr() {
-        Ok(_) => Ok(true),
-        Err(e) if e.kind() == io::ErrorKind::NotConnected => Ok(false),
-        Err(e) => Err(e),
+impl<T, H> fmt::Debug for ChatDispatcher<T, H> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ChatDispatcher")
+            .field("chat", &self.chat)
+            .field("handler", &type_name::<H>())
+            .field("connecting", &self.connecting)
+            .finish()
     }
 }
 
-impl<H: ChatHandler> ChatDispatcher<mio::net::TcpStream, H> {
-    /// Starts a non-blocking connection to `addr` (asyncore's `create_socket` + `connect`):
-    /// spawn the result; the handler's [`on_connect`](ChatHandler::on_connect) runs once it is
-    /// established, or [`on_connect_failed`](ChatHandler::on_connect_failed) and a close if it
-    /// fails. `addr` must be resolved already: name lookups block.
+impl<H: ChatHandler> ChatDispatcher<Socket, H> {
+    /// Starts a non-blocking connection to `endpoint` (asyncore's `create_socket` +
+    /// `connect`), a resolved TCP address or a unix-domain socket path: spawn the result; the
+    /// handler's [`on_connect`](ChatHandler::on_connect) runs once it is established, or
+    /// [`on_connect_failed`](ChatHandler::on_connect_failed) and a close if it fails. A TCP
+    /// address must be resolved already: name lookups block. Established TCP connections get
+    /// `TCP_NODELAY`, as accepted ones do.
     ///
     /// # Errors
-    /// When no socket can be created.
-    pub fn connect(addr: std::net::SocketAddr, handler: H) -> io::Result<Self> {
-        let stream = mio::net::TcpStream::connect(addr)?;
+    /// When no socket can be created, or a unix-domain connection is refused at once.
+    pub fn connect(endpoint: impl Into<Endpoint>, handler: H) -> io::Result<Self> {
+        Self::connect_with_options(endpoint, handler, ChatOptions::default())
+    }
+
+    /// [`connect`](Self::connect) with explicit [`ChatOptions`].
+    ///
+    /// # Errors
+    /// As [`connect`](Self::connect).
+    pub fn connect_with_options(
+        endpoint: impl Into<Endpoint>,
+        handler: H,
+        options: ChatOptions,
+    ) -> io::Result<Self> {
+        let socket = Socket::connect(&endpoint.into())?;
         Ok(ChatDispatcher {
-            chat: Chat::new(stream),
+            chat: Chat::with_options(socket, options),
             handler,
-            connecting: Some(tcp_connected),
+            connecting: true,
         })
     }
 }
 
-impl<S: Stream, H: ChatHandler> ChatDispatcher<S, H> {
-    /// Pairs a stream with a handler, with default [`ChatOptions`].
-    pub fn new(stream: S, handler: H) -> Self {
-        ChatDispatcher {
-            chat: Chat::new(stream),
-            handler,
-            connecting: None,
-        }
+impl<T: Transport, H: ChatHandler> ChatDispatcher<T, H> {
+    /// Pairs a transport with a handler, with default [`ChatOptions`].
+    pub fn new(transport: T, handler: H) -> Self {
+        Self::with_options(transport, handler, ChatOptions::default())
     }
 
-    /// Pairs a stream with a handler, with explicit options.
-    pub fn with_options(stream: S, handler: H, options: ChatOptions) -> Self {
+    /// Pairs a transport with a handler, with explicit options.
+    pub fn with_options(transport: T, handler: H, options: ChatOptions) -> Self {
         ChatDispatcher {
-            chat: Chat::with_options(stream, options),
+            chat: Chat::with_options(transport, options),
             handler,
-            connecting: None,
+            connecting: false,
         }
     }
 
     /// Whether an outgoing connection is still being established.
     pub fn is_connecting(&self) -> bool {
-        self.connecting.is_some()
+        self.connecting
     }
 
     /// Completes a pending connect; returns whether the channel is connected.
     fn finish_connect(&mut self, ctx: &mut Ctx<'_>) -> bool {
-        let Some(check) = self.connecting else {
+        if !self.connecting {
             return true;
-        };
-        match check(&self.chat.stream) {
+        }
+        match self.chat.transport.finish_connect() {
             Ok(true) => {
-                self.connecting = None;
+                self.connecting = false;
                 self.handler.on_connect(&mut self.chat.ctl, ctx);
                 true
             }
@@ -586,7 +726,7 @@ impl<S: Stream, H: ChatHandler> ChatDispatcher<S, H> {
                 false
             }
             Err(e) => {
-                self.connecting = None;
+                self.connecting = false;
                 self.handler.on_connect_failed(ctx, &e);
                 self.chat.dead = true;
                 ctx.close();
@@ -596,9 +736,9 @@ impl<S: Stream, H: ChatHandler> ChatDispatcher<S, H> {
     }
 }
 
-impl<S: Stream, H: ChatHandler> Dispatcher for ChatDispatcher<S, H> {
+impl<T: Transport, H: ChatHandler> Dispatcher for ChatDispatcher<T, H> {
     fn source(&mut self) -> Option<&mut dyn Source> {
-        Some(&mut self.chat.stream)
+        Some(&mut self.chat.transport)
     }
 
     fn interest(&self) -> Interest {
@@ -611,11 +751,11 @@ impl<S: Stream, H: ChatHandler> Dispatcher for ChatDispatcher<S, H> {
     }
 
     fn wants_read(&self) -> bool {
-        self.connecting.is_none() && self.chat.wants_read()
+        !self.connecting && self.chat.wants_read()
     }
 
     fn wants_write(&self) -> bool {
-        self.connecting.is_some() || self.chat.wants_write()
+        self.connecting || self.chat.wants_write()
     }
 
     fn on_readable(&mut self, ctx: &mut Ctx<'_>) {

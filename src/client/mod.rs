@@ -16,5 +16,5 @@
 mod relay;
 mod session;
 
-pub use relay::{EventHandler, Relay, RelayCommand, RelayOptions};
+pub use relay::{EventHandler, Relay, RelayCommand, RelayHandler, RelayOptions};
 pub use session::{dot_stuff, Capabilities, Client, ClientConfig, Event, MailParams};

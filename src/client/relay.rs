@@ -1,21 +1,16 @@
-//! [`Relay`]: runs a [`Client`] over a non-blocking TCP connection inside the reactor.
+//! [`Relay`]: runs a [`Client`] over a non-blocking TCP or unix-domain connection inside the
+//! reactor: a [`ChatDispatcher`] whose handler, [`RelayHandler`], is the client session.
 
 use std::any::Any;
+use std::fmt;
 use std::io;
-use std::io::{Read, Write};
-use std::net::SocketAddr;
-use std::path::Path;
 use std::time::Duration;
 
-use mio::event::Source;
-use mio::net::{TcpStream, UnixStream};
-use mio::{Interest, Registry, Token};
-
 use super::session::{Client, ClientConfig, Event, MailParams};
-use crate::chat::{Chat, ChatCtl, ChatHandler, ChatOptions, Terminator};
-use crate::reactor::{Ctx, Dispatcher, TimerId};
+use crate::chat::{ChatCtl, ChatDispatcher, ChatHandler, ChatOptions, Endpoint, Socket};
+use crate::reactor::{Ctx, TimerId};
 
-/// Timeouts of a [`Relay`].
+/// Timeouts and buffer limits of a [`Relay`].
 #[derive(Clone, Debug)]
 #[non_exhaustive]
 pub struct RelayOptions {
@@ -26,6 +21,9 @@ pub struct RelayOptions {
     pub command_timeout: Duration,
     /// For the reply after the message body. Default 120 s.
     pub data_timeout: Duration,
+    /// Buffer limits of the connection (read budget, output marks and cap). Default
+    /// [`ChatOptions::default`].
+    pub chat: ChatOptions,
 }
 
 impl Default for RelayOptions {
@@ -34,6 +32,7 @@ impl Default for RelayOptions {
             connect_timeout: Duration::from_secs(30),
             command_timeout: Duration::from_secs(60),
             data_timeout: Duration::from_secs(120),
+            chat: ChatOptions::default(),
         }
     }
 }
@@ -57,21 +56,84 @@ pub enum RelayCommand {
 /// Receives the relay's events, with the client to issue further commands.
 pub type EventHandler = Box<dyn FnMut(Event, &mut Client, &mut Ctx<'_>)>;
 
-struct Handler {
+/// An outgoing SMTP/LMTP session on the reactor: a [`ChatDispatcher`] over a [`Socket`] that
+/// connects without blocking, runs a [`Client`], enforces connect, command and data timeouts,
+/// and hands every [`Event`] to a callback. The callback gets the client, so it can issue the
+/// next command; other dispatchers can send [`RelayCommand`]s with [`Ctx::notify`]. The
+/// callback always sees exactly one terminal event (`Closed` or `Failed`), whatever ends the
+/// connection. Made by [`Relay::open`](ChatDispatcher::open).
+pub type Relay = ChatDispatcher<Socket, RelayHandler>;
+
+/// The protocol side of a [`Relay`]: the [`Client`] session, its timers and the event callback.
+pub struct RelayHandler {
     client: Client,
     line: Vec<u8>,
     line_too_long: bool,
     on_event: EventHandler,
     options: RelayOptions,
+    /// The reply timer.
     timer: Option<TimerId>,
+    connect_timer: Option<TimerId>,
+    /// Why the connection failed, for the terminal event.
+    failure: Option<String>,
     /// The terminal event (Failed or Closed) was delivered.
     done: bool,
+    /// The peer, for log lines.
+    upstream: String,
+}
+
+impl fmt::Debug for RelayHandler {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RelayHandler")
+            .field("upstream", &self.upstream)
+            .field("options", &self.options)
+            .field("done", &self.done)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ChatDispatcher<Socket, RelayHandler> {
+    /// Starts connecting to `upstream`, a resolved TCP address (name lookups block and never
+    /// run in the loop) or a unix-domain socket path (Mailman's LMTP runner, say). Queue
+    /// commands on [`client`](Self::client) before spawning, or from the callback once
+    /// `Event::Ready` arrives.
+    ///
+    /// # Errors
+    /// When no socket can be created (descriptor limits), or a unix-domain connection is
+    /// refused at once (no such socket, nobody listening, backlog full).
+    pub fn open(
+        upstream: impl Into<Endpoint>,
+        config: ClientConfig,
+        options: RelayOptions,
+        on_event: EventHandler,
+    ) -> io::Result<Relay> {
+        let upstream = upstream.into();
+        let chat = options.chat.clone();
+        let handler = RelayHandler {
+            client: Client::new(config),
+            line: Vec::new(),
+            line_too_long: false,
+            on_event,
+            options,
+            timer: None,
+            connect_timer: None,
+            failure: None,
+            done: false,
+            upstream: upstream.to_string(),
+        };
+        ChatDispatcher::connect_with_options(upstream, handler, chat)
+    }
+
+    /// The client, to queue commands before the relay is spawned.
+    pub fn client(&mut self) -> &mut Client {
+        &mut self.handler.client
+    }
 }
 
 /// Longest reply line accepted from an upstream (RFC 5321 4.5.3.1.5 says 512).
 const MAX_REPLY_LINE: usize = 4096;
 
-impl Handler {
+impl RelayHandler {
     /// Sends what the client wants sent, hands events out, keeps the timer right.
     fn pump(&mut self, chat: &mut ChatCtl, ctx: &mut Ctx<'_>) {
         loop {
@@ -115,7 +177,7 @@ impl Handler {
     }
 }
 
-impl ChatHandler for Handler {
+impl ChatHandler for RelayHandler {
     fn collect_incoming_data(&mut self, data: &[u8]) {
         if self.line.len() + data.len() > MAX_REPLY_LINE {
             self.line_too_long = true;
@@ -140,282 +202,44 @@ impl ChatHandler for Handler {
         self.fail(chat, ctx, "closed by the upstream");
     }
 
-    fn on_close(&mut self, chat: &mut ChatCtl, ctx: &mut Ctx<'_>) {
-        if let Some(t) = self.timer.take() {
+    fn on_start(&mut self, _chat: &mut ChatCtl, ctx: &mut Ctx<'_>) {
+        self.connect_timer = Some(ctx.set_timer(self.options.connect_timeout));
+    }
+
+    fn on_connect(&mut self, _chat: &mut ChatCtl, ctx: &mut Ctx<'_>) {
+        if let Some(t) = self.connect_timer.take() {
             ctx.cancel_timer(t);
         }
-        if !self.done {
-            self.client.handle_closed("connection error");
-            self.pump(chat, ctx);
-        }
-    }
-}
-
-/// The connection of a [`Relay`]: TCP, or a unix-domain socket (an LMTP server such as
-/// Mailman's may listen on one).
-enum Conn {
-    Tcp(TcpStream),
-    Unix(UnixStream),
-}
-
-impl Conn {
-    fn take_error(&self) -> io::Result<Option<io::Error>> {
-        match self {
-            Conn::Tcp(s) => s.take_error(),
-            Conn::Unix(s) => s.take_error(),
-        }
+        log::debug!("relay to {} connected", self.upstream);
+        self.arm_timer(ctx);
     }
 
-    /// Whether the connection is established (`Ok(false)`: still in progress).
-    fn is_connected(&self) -> io::Result<bool> {
-        let result = match self {
-            Conn::Tcp(s) => s.peer_addr().map(|_| ()),
-            Conn::Unix(s) => s.peer_addr().map(|_| ()),
-        };
-        match result {
-            Ok(()) => Ok(true),
-            Err(e) if e.kind() == io::ErrorKind::NotConnected => Ok(false),
-            Err(e) => Err(e),
-        }
+    fn on_connect_failed(&mut self, _ctx: &mut Ctx<'_>, error: &io::Error) {
+        log::warn!("relay to {}: connect failed: {error}", self.upstream);
+        // Reported by `on_close`, which runs next and has the channel at hand.
+        self.failure = Some(format!("cannot connect: {error}"));
     }
 
-    fn set_nodelay(&self) {
-        if let Conn::Tcp(s) = self {
-            let _ = s.set_nodelay(true);
-        }
-    }
-}
-
-impl Read for Conn {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        match self {
-            Conn::Tcp(s) => s.read(buf),
-            Conn::Unix(s) => s.read(buf),
-        }
-    }
-}
-
-impl Write for Conn {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        match self {
-            Conn::Tcp(s) => s.write(buf),
-            Conn::Unix(s) => s.write(buf),
-        }
-    }
-
-    fn flush(&mut self) -> io::Result<()> {
-        match self {
-            Conn::Tcp(s) => s.flush(),
-            Conn::Unix(s) => s.flush(),
-        }
-    }
-}
-
-impl Source for Conn {
-    fn register(
-        &mut self,
-        registry: &Registry,
-        token: Token,
-        interest: Interest,
-    ) -> io::Result<()> {
-        match self {
-            Conn::Tcp(s) => s.register(registry, token, interest),
-            Conn::Unix(s) => s.register(registry, token, interest),
-        }
-    }
-
-    fn reregister(
-        &mut self,
-        registry: &Registry,
-        token: Token,
-        interest: Interest,
-    ) -> io::Result<()> {
-        match self {
-            Conn::Tcp(s) => s.reregister(registry, token, interest),
-            Conn::Unix(s) => s.reregister(registry, token, interest),
-        }
-    }
-
-    fn deregister(&mut self, registry: &Registry) -> io::Result<()> {
-        match self {
-            Conn::Tcp(s) => s.deregister(registry),
-            Conn::Unix(s) => s.deregister(registry),
-        }
-    }
-}
-
-/// An outgoing SMTP/LMTP session on the reactor: connects without blocking (the procedure
-/// mio documents for `TcpStream::connect`), runs a [`Client`], enforces connect, command and
-/// data timeouts, and hands every [`Event`] to a callback. The callback gets the client, so it
-/// can issue the next command; other dispatchers can send [`RelayCommand`]s with
-/// [`Ctx::notify`]. The callback always sees exactly one terminal event (`Closed` or `Failed`),
-/// whatever ends the connection.
-pub struct Relay {
-    chat: Chat<Conn>,
-    handler: Handler,
-    connected: bool,
-    connect_timer: Option<TimerId>,
-    /// The peer, for log lines.
-    upstream: String,
-}
-
-impl Relay {
-    /// Starts connecting to `upstream` (a resolved address: name lookups block and never run
-    /// in the loop). Queue commands on [`client`](Self::client) before spawning, or from the
-    /// callback once `Event::Ready` arrives.
-    ///
-    /// # Errors
-    /// When no socket can be created (descriptor limits).
-    pub fn connect(
-        upstream: SocketAddr,
-        config: ClientConfig,
-        options: RelayOptions,
-        on_event: EventHandler,
-    ) -> io::Result<Relay> {
-        let stream = TcpStream::connect(upstream)?;
-        Ok(Relay::with_conn(
-            Conn::Tcp(stream),
-            upstream.to_string(),
-            config,
-            options,
-            on_event,
-        ))
-    }
-
-    /// Like [`connect`](Self::connect), to a unix-domain socket (Mailman's LMTP runner, say,
-    /// configured with a socket path).
-    ///
-    /// # Errors
-    /// When no socket can be created, or the connection is refused at once (no such socket,
-    /// nobody listening, backlog full).
-    pub fn connect_unix(
-        path: &Path,
-        config: ClientConfig,
-        options: RelayOptions,
-        on_event: EventHandler,
-    ) -> io::Result<Relay> {
-        let stream = UnixStream::connect(path)?;
-        Ok(Relay::with_conn(
-            Conn::Unix(stream),
-            path.display().to_string(),
-            config,
-            options,
-            on_event,
-        ))
-    }
-
-    fn with_conn(
-        conn: Conn,
-        upstream: String,
-        config: ClientConfig,
-        options: RelayOptions,
-        on_event: EventHandler,
-    ) -> Relay {
-        Relay {
-            chat: Chat::with_options(conn, ChatOptions::default()),
-            handler: Handler {
-                client: Client::new(config),
-                line: Vec::new(),
-                line_too_long: false,
-                on_event,
-                options,
-                timer: None,
-                done: false,
-            },
-            connected: false,
-            connect_timer: None,
-            upstream,
-        }
-    }
-
-    /// The client, to queue commands before the relay is spawned.
-    pub fn client(&mut self) -> &mut Client {
-        &mut self.handler.client
-    }
-
-    /// Completes a pending non-blocking connect; returns false while it is still in progress.
-    fn check_connect(&mut self, ctx: &mut Ctx<'_>) -> bool {
-        let stream = self.chat.stream_mut();
-        let result = match stream.take_error() {
-            Ok(Some(e)) | Err(e) => Err(e),
-            Ok(None) => stream.is_connected(),
-        };
-        match result {
-            Ok(true) => {
-                self.connected = true;
-                self.chat.stream().set_nodelay();
-                if let Some(t) = self.connect_timer.take() {
-                    ctx.cancel_timer(t);
-                }
-                log::debug!("relay to {} connected", self.upstream);
-                self.handler.arm_timer(ctx);
-                true
-            }
-            Ok(false) => {
-                ctx.write_would_block();
-                false
-            }
-            Err(e) => {
-                log::warn!("relay to {}: connect failed: {e}", self.upstream);
-                let why = format!("cannot connect: {e}");
-                self.handler.fail(self.chat.ctl(), ctx, &why);
-                ctx.close();
-                false
-            }
-        }
-    }
-}
-
-impl Dispatcher for Relay {
-    fn source(&mut self) -> Option<&mut dyn Source> {
-        Some(self.chat.stream_mut())
-    }
-
-    fn on_start(&mut self, ctx: &mut Ctx<'_>) {
-        self.chat.ctl().set_terminator(Terminator::bytes("\r\n"));
-        self.connect_timer = Some(ctx.set_timer(self.handler.options.connect_timeout));
-    }
-
-    fn wants_read(&self) -> bool {
-        self.connected && self.chat.wants_read()
-    }
-
-    fn wants_write(&self) -> bool {
-        !self.connected || self.chat.wants_write()
-    }
-
-    fn on_readable(&mut self, ctx: &mut Ctx<'_>) {
-        self.chat.handle_read(&mut self.handler, ctx);
-    }
-
-    fn on_writable(&mut self, ctx: &mut Ctx<'_>) {
-        if !self.connected && !self.check_connect(ctx) {
-            return;
-        }
-        self.chat.handle_write(ctx);
-        self.chat.settle(&mut self.handler, ctx);
-    }
-
-    fn on_timer(&mut self, ctx: &mut Ctx<'_>, timer: TimerId) {
+    fn on_timer(&mut self, chat: &mut ChatCtl, ctx: &mut Ctx<'_>, timer: TimerId) {
         if self.connect_timer == Some(timer) {
             self.connect_timer = None;
             log::warn!("relay to {}: connect timed out", self.upstream);
-            self.handler.fail(self.chat.ctl(), ctx, "connect timed out");
+            self.fail(chat, ctx, "connect timed out");
             ctx.close();
-        } else if self.handler.timer == Some(timer) {
-            self.handler.timer = None;
+        } else if self.timer == Some(timer) {
+            self.timer = None;
             log::warn!("relay to {}: reply timed out", self.upstream);
-            self.handler.client.handle_timeout();
-            self.handler.pump(self.chat.ctl(), ctx);
+            self.client.handle_timeout();
+            self.pump(chat, ctx);
             ctx.close();
         }
     }
 
-    fn on_notify(&mut self, ctx: &mut Ctx<'_>, message: Box<dyn Any>) {
+    fn on_notify(&mut self, chat: &mut ChatCtl, ctx: &mut Ctx<'_>, message: Box<dyn Any>) {
         let Ok(command) = message.downcast::<RelayCommand>() else {
             return;
         };
-        let client = &mut self.handler.client;
+        let client = &mut self.client;
         match *command {
             RelayCommand::Mail(from, params) => client.mail(from, params),
             RelayCommand::Rcpt(to) => client.rcpt(to),
@@ -423,14 +247,21 @@ impl Dispatcher for Relay {
             RelayCommand::Rset => client.rset(),
             RelayCommand::Quit => client.quit(),
         }
-        self.handler.pump(self.chat.ctl(), ctx);
-        self.chat.settle(&mut self.handler, ctx);
+        self.pump(chat, ctx);
     }
 
-    fn on_close(&mut self, ctx: &mut Ctx<'_>) {
-        if let Some(t) = self.connect_timer.take() {
+    fn on_close(&mut self, chat: &mut ChatCtl, ctx: &mut Ctx<'_>) {
+        for t in [self.timer.take(), self.connect_timer.take()]
+            .into_iter()
+            .flatten()
+        {
             ctx.cancel_timer(t);
         }
-        self.handler.on_close(self.chat.ctl(), ctx);
+        if !self.done {
+            let why = self.failure.take();
+            self.client
+                .handle_closed(why.as_deref().unwrap_or("connection error"));
+            self.pump(chat, ctx);
+        }
     }
 }

@@ -30,6 +30,13 @@ use super::timer::TimerId;
 /// report it whenever an I/O call returns `WouldBlock`. [`Chat`](crate::chat::Chat) does this for
 /// you.
 ///
+/// The bits describe the OS source only. A dispatcher whose source is wrapped in a layer that
+/// holds input of its own (decrypted TLS records; see [`Transport`](crate::chat::Transport))
+/// gets no event for that input: it must read it itself from whichever hook it is running when
+/// it wants input and [`Ctx::is_readable`] is false ([`Chat::settle`](crate::chat::Chat::settle)
+/// does), and report `WouldBlock` only when neither the layer nor the OS has anything left.
+/// Output a layer holds is the dispatcher's to report through `wants_write()`.
+///
 /// After every hook the reactor re-evaluates `wants_read()` / `wants_write()` against the cached
 /// bits, so a dispatcher that becomes willing to read or write in any hook (a deferred reply
 /// completed by [`on_notify`](Self::on_notify) or [`on_timer`](Self::on_timer)) is served on the

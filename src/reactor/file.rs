@@ -1,7 +1,7 @@
 //! Descriptors that are not sockets: asyncore's `file_wrapper` / `file_dispatcher`, a two-pipe
 //! [`Duplex`] stream, and the descriptors systemd passes in ([`listen_fds`]).
 //!
-//! Any of these is a [`chat::Stream`](crate::chat::Stream), so a
+//! Any of these is a [`chat::Transport`](crate::chat::Transport), so a
 //! [`ChatDispatcher`](crate::chat::ChatDispatcher) frames lines over a pipe, a pty or a child
 //! process's stdio exactly as it does over TCP.
 //!
@@ -17,6 +17,8 @@ use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
 use mio::event::Source;
 use mio::unix::pipe::{Receiver, Sender};
 use mio::unix::SourceFd;
+
+use crate::chat::forward_source;
 use mio::{Interest, Registry, Token};
 
 /// Sets `O_NONBLOCK` on any descriptor, without `unsafe` (mio's pipe type does the `fcntl`).
@@ -97,28 +99,12 @@ impl Write for FileStream {
 }
 
 impl Source for FileStream {
-    fn register(
-        &mut self,
-        registry: &Registry,
-        token: Token,
-        interest: Interest,
-    ) -> io::Result<()> {
-        SourceFd(&self.file.as_raw_fd()).register(registry, token, interest)
-    }
-
-    fn reregister(
-        &mut self,
-        registry: &Registry,
-        token: Token,
-        interest: Interest,
-    ) -> io::Result<()> {
-        SourceFd(&self.file.as_raw_fd()).reregister(registry, token, interest)
-    }
-
-    fn deregister(&mut self, registry: &Registry) -> io::Result<()> {
-        SourceFd(&self.file.as_raw_fd()).deregister(registry)
-    }
+    forward_source!(|s| SourceFd(&s.file.as_raw_fd()));
 }
+
+/// The defaults: no buffers of its own, a read always confirmed by `WouldBlock`, no shutdown
+/// (the descriptor closes when dropped).
+impl crate::chat::Transport for FileStream {}
 
 impl AsRawFd for FileStream {
     fn as_raw_fd(&self) -> RawFd {
@@ -196,19 +182,48 @@ impl<R, W: Write> Write for Duplex<R, W> {
 }
 
 impl<R: Source, W: Source> Source for Duplex<R, W> {
-    fn register(
-        &mut self,
+    forward_source!(|d| Halves::new(Some(&mut d.reader), Some(&mut d.writer)));
+}
+
+/// A [`Duplex`] is a transport with the defaults (see
+/// [`Transport`](crate::chat::Transport)); its writer's `flush` is not called, since it holds
+/// nothing that [`wants_write`](crate::chat::Transport::wants_write) would report.
+impl<R, W> crate::chat::Transport for Duplex<R, W>
+where
+    R: Read + Source + 'static,
+    W: Write + Source + 'static,
+{
+}
+
+/// Two one-way sources under one token, either of them possibly absent (a child's stdin once
+/// closed): the reader is registered for reading, the writer for writing, as the interest asks.
+pub(crate) struct Halves<'a> {
+    reader: Option<&'a mut dyn Source>,
+    writer: Option<&'a mut dyn Source>,
+}
+
+impl<'a> Halves<'a> {
+    pub(crate) fn new(
+        reader: Option<&'a mut dyn Source>,
+        writer: Option<&'a mut dyn Source>,
+    ) -> Halves<'a> {
+        Halves { reader, writer }
+    }
+
+    pub(crate) fn register(
+        self,
         registry: &Registry,
         token: Token,
         interest: Interest,
     ) -> io::Result<()> {
-        if interest.is_readable() {
-            self.reader.register(registry, token, Interest::READABLE)?;
+        let mut reader = self.reader.filter(|_| interest.is_readable());
+        if let Some(r) = reader.as_deref_mut() {
+            r.register(registry, token, Interest::READABLE)?;
         }
-        if interest.is_writable() {
-            if let Err(e) = self.writer.register(registry, token, Interest::WRITABLE) {
-                if interest.is_readable() {
-                    let _ = self.reader.deregister(registry);
+        if let Some(w) = self.writer.filter(|_| interest.is_writable()) {
+            if let Err(e) = w.register(registry, token, Interest::WRITABLE) {
+                if let Some(r) = reader {
+                    let _ = r.deregister(registry);
                 }
                 return Err(e);
             }
@@ -216,27 +231,25 @@ impl<R: Source, W: Source> Source for Duplex<R, W> {
         Ok(())
     }
 
-    fn reregister(
-        &mut self,
+    pub(crate) fn reregister(
+        self,
         registry: &Registry,
         token: Token,
         interest: Interest,
     ) -> io::Result<()> {
-        if interest.is_readable() {
-            self.reader
-                .reregister(registry, token, Interest::READABLE)?;
+        if let Some(r) = self.reader.filter(|_| interest.is_readable()) {
+            r.reregister(registry, token, Interest::READABLE)?;
         }
-        if interest.is_writable() {
-            self.writer
-                .reregister(registry, token, Interest::WRITABLE)?;
+        if let Some(w) = self.writer.filter(|_| interest.is_writable()) {
+            w.reregister(registry, token, Interest::WRITABLE)?;
         }
         Ok(())
     }
 
-    fn deregister(&mut self, registry: &Registry) -> io::Result<()> {
+    pub(crate) fn deregister(self, registry: &Registry) -> io::Result<()> {
         // Either half may not have been registered (interest without it): ignore that one.
-        let r = self.reader.deregister(registry);
-        let w = self.writer.deregister(registry);
+        let r = self.reader.map_or(Ok(()), |r| r.deregister(registry));
+        let w = self.writer.map_or(Ok(()), |w| w.deregister(registry));
         r.or(w)
     }
 }

@@ -87,6 +87,17 @@ pub struct Acceptor<F> {
     backoff: Option<TimerId>,
 }
 
+impl<F> std::fmt::Debug for Acceptor<F> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Acceptor")
+            .field("listener", &self.listener)
+            .field("options", &self.options)
+            .field("reserve", &self.reserve.is_some())
+            .field("backoff", &self.backoff)
+            .finish_non_exhaustive()
+    }
+}
+
 impl<F> Acceptor<F>
 where
     F: FnMut(TcpStream, SocketAddr, &mut Ctx<'_>) + 'static,

@@ -36,6 +36,7 @@ mod token;
 
 pub use context::Ctx;
 pub use dispatcher::Dispatcher;
+pub(crate) use file::Halves;
 pub use file::{listen_fds, Duplex, FileStream};
 pub use listener::{bind_tcp, Acceptor, AcceptorOptions, LISTEN_BACKLOG};
 pub use remote::{RemoteHandle, StopHandle};

@@ -256,7 +256,7 @@ impl PureProxy {
     /// A relay to the upstream (not yet spawned), or the `451` to answer if no socket can be
     /// had.
     fn open_relay(&self, on_event: EventHandler) -> Result<Relay, Outcome> {
-        Relay::connect(
+        Relay::open(
             self.upstream,
             ClientConfig::smtp(self.options.hostname.clone()),
             self.options.relay.clone(),

@@ -8,10 +8,10 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::Duration;
 
 use mio::event::Source;
-use mio::{Interest, Registry, Token};
 
 use super::classify::is_safe_list_name;
-use crate::reactor::{Ctx, Dispatcher, FileStream, TimerId};
+use crate::chat::forward_source;
+use crate::reactor::{Ctx, Dispatcher, FileStream, Halves, TimerId};
 use crate::server::Reply;
 
 /// A Mailman 2 installation: `$prefix/lists/NAME/config.pck`, `$prefix/mail/mailman`.
@@ -108,37 +108,22 @@ pub fn reply_for_status(status: Option<ExitStatus>, list: &str, output: &str) ->
 pub type Done = Box<dyn FnOnce(Reply, &mut Ctx<'_>)>;
 
 /// The child's stdin (until the message is written) and its stdout+stderr (one pipe), under one
-/// token.
+/// token: a [`Duplex`](crate::reactor::Duplex) whose writing half can be closed early.
 #[derive(Debug)]
 struct ChildIo {
     stdin: Option<FileStream>,
     output: FileStream,
 }
 
+impl ChildIo {
+    fn halves(&mut self) -> Halves<'_> {
+        let stdin = self.stdin.as_mut().map(|s| s as &mut dyn Source);
+        Halves::new(Some(&mut self.output), stdin)
+    }
+}
+
 impl Source for ChildIo {
-    fn register(&mut self, registry: &Registry, token: Token, _: Interest) -> io::Result<()> {
-        self.output.register(registry, token, Interest::READABLE)?;
-        if let Some(stdin) = &mut self.stdin {
-            stdin.register(registry, token, Interest::WRITABLE)?;
-        }
-        Ok(())
-    }
-
-    fn reregister(&mut self, registry: &Registry, token: Token, _: Interest) -> io::Result<()> {
-        self.output
-            .reregister(registry, token, Interest::READABLE)?;
-        if let Some(stdin) = &mut self.stdin {
-            stdin.reregister(registry, token, Interest::WRITABLE)?;
-        }
-        Ok(())
-    }
-
-    fn deregister(&mut self, registry: &Registry) -> io::Result<()> {
-        if let Some(stdin) = &mut self.stdin {
-            let _ = stdin.deregister(registry);
-        }
-        self.output.deregister(registry)
-    }
+    forward_source!(|io| io.halves());
 }
 
 /// Most output of the wrapper kept for the log.

@@ -384,19 +384,19 @@ impl Conn {
         let shared = self.shared.clone();
         let hostname = shared.options.proxy.hostname.clone();
         let relay = match (side, &shared.options.backend) {
-            (Side::Upstream, _) => Relay::connect(
+            (Side::Upstream, _) => Relay::open(
                 shared.upstream,
                 ClientConfig::smtp(hostname),
                 shared.options.proxy.relay.clone(),
                 on_event,
             ),
-            (Side::Mailman, Backend::Mailman3(LmtpAddr::Tcp(addr))) => Relay::connect(
+            (Side::Mailman, Backend::Mailman3(LmtpAddr::Tcp(addr))) => Relay::open(
                 *addr,
                 ClientConfig::lmtp(hostname),
                 shared.options.lmtp.clone(),
                 on_event,
             ),
-            (Side::Mailman, Backend::Mailman3(LmtpAddr::Unix(path))) => Relay::connect_unix(
+            (Side::Mailman, Backend::Mailman3(LmtpAddr::Unix(path))) => Relay::open(
                 path,
                 ClientConfig::lmtp(hostname),
                 shared.options.lmtp.clone(),
