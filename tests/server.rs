@@ -68,28 +68,34 @@ impl SmtpServer for Recorder {
             Behaviour::Reply(code, text) => Outcome::Reply(Reply::new(code, text)),
             Behaviour::Thread(after, code, text) => {
                 let ticket = cx.defer();
+                let deferred = Outcome::deferred(&ticket);
                 thread::spawn(move || {
                     thread::sleep(after);
                     ticket.complete(Reply::new(code, text));
                 });
-                Outcome::Deferred
+                deferred
             }
             Behaviour::Timer(after, code, text) => {
                 let ticket = cx.defer();
+                let deferred = Outcome::deferred(&ticket);
                 cx.ctx().spawn(Delayer {
                     ticket: Some(ticket),
                     after,
                     reply: Reply::new(code, text),
                 });
-                Outcome::Deferred
+                deferred
             }
             Behaviour::Hold => {
-                self.held.push(cx.defer());
-                Outcome::Deferred
+                let ticket = cx.defer();
+                let deferred = Outcome::deferred(&ticket);
+                self.held.push(ticket);
+                deferred
             }
             Behaviour::Drop => {
-                drop(cx.defer());
-                Outcome::Deferred
+                let ticket = cx.defer();
+                let deferred = Outcome::deferred(&ticket);
+                drop(ticket);
+                deferred
             }
             Behaviour::Panic => panic!("bug in user code"),
         }
@@ -617,6 +623,7 @@ impl SmtpServer for Gatekeeper {
         }
         if request.address.starts_with("slow") {
             let ticket = cx.defer();
+            let deferred = Outcome::deferred(&ticket);
             let accept = request.rcpt_tos.is_empty();
             thread::spawn(move || {
                 thread::sleep(Duration::from_millis(50));
@@ -626,7 +633,7 @@ impl SmtpServer for Gatekeeper {
                     ticket.complete(Reply::new(452, "4.5.3 only one slow one"));
                 }
             });
-            return Outcome::Deferred;
+            return deferred;
         }
         Outcome::Accept
     }
@@ -716,8 +723,9 @@ impl SmtpServer for Extended {
             // NOOP answered later, from a thread.
             "NOOP" if request.arg == "slow" => {
                 let ticket = cx.defer();
+                let deferred = Outcome::deferred(&ticket);
                 thread::spawn(move || ticket.complete(Reply::new(250, "slow noop")));
-                Outcome::Deferred
+                deferred
             }
             // Anything else: the built-in behaviour.
             _ => Outcome::Accept,
@@ -823,8 +831,9 @@ impl SmtpServer for Doorman {
             "spammer.example" => Outcome::Reply(Reply::new(550, "5.7.1 go away")),
             "slow.example" if request.extended => {
                 let ticket = cx.defer();
+                let deferred = Outcome::deferred(&ticket);
                 thread::spawn(move || ticket.complete(Reply::new(250, "slow.example welcome")));
-                Outcome::Deferred
+                deferred
             }
             _ => Outcome::Accept,
         }

@@ -17,8 +17,8 @@ use std::rc::Rc;
 use std::time::Duration;
 
 use crate::reactor::Reactor;
-use crate::server::{Listener, ServerOptions, Shutdown, SmtpServer};
-use crate::servers::mailman::{Backend, LmtpAddr, Mailman2, Suffixes};
+use crate::server::{Backend, Listener, ServerOptions, Shutdown};
+use crate::servers::mailman::{LmtpAddr, Mailman2, MailmanVersion, Suffixes};
 use crate::servers::{
     DebuggingServer, MailmanOptions, MailmanProxy, ProxyOptions, PureProxy, RelayMode, Sink,
 };
@@ -42,7 +42,7 @@ pub struct ClassArgs<'a> {
     pub remote: Option<SocketAddr>,
 }
 
-type Factory = Box<dyn Fn(&ClassArgs<'_>) -> Result<Rc<RefCell<dyn SmtpServer>>, String>>;
+type Factory = Box<dyn Fn(&ClassArgs<'_>) -> Result<Box<dyn Backend>, String>>;
 
 /// The server classes `-c NAME` can choose from.
 pub struct Classes {
@@ -59,24 +59,23 @@ impl Classes {
             Ok(Rc::new(RefCell::new(DebuggingServer::new())))
         });
         classes.register("Sink", |_| Ok(Rc::new(RefCell::new(Sink::default()))));
-        classes.register("PureProxy", |args| {
-            Ok(Rc::new(RefCell::new(pure_proxy(args)?)))
-        });
-        classes.register("MailmanProxy", |args| {
-            Ok(Rc::new(RefCell::new(mailman_proxy(args)?)))
-        });
+        classes.register("PureProxy", pure_proxy);
+        classes.register("MailmanProxy", mailman_proxy);
         classes
     }
 
-    /// Adds (or replaces) a class under `name`.
-    pub fn register(
+    /// Adds (or replaces) a class under `name`: `factory` builds its
+    /// [`Backend`] (an `Rc<RefCell<S>>` of an [`SmtpServer`](crate::server::SmtpServer), or any
+    /// other).
+    pub fn register<B: Backend>(
         &mut self,
         name: &str,
-        factory: impl Fn(&ClassArgs<'_>) -> Result<Rc<RefCell<dyn SmtpServer>>, String> + 'static,
+        factory: impl Fn(&ClassArgs<'_>) -> Result<B, String> + 'static,
     ) {
         self.entries.retain(|(n, _)| n != name);
-        self.entries
-            .push((name.to_string(), Some(Box::new(factory))));
+        let factory: Factory =
+            Box::new(move |args| factory(args).map(|b| Box::new(b) as Box<dyn Backend>));
+        self.entries.push((name.to_string(), Some(factory)));
     }
 
     /// The names of the classes that can run.
@@ -88,11 +87,7 @@ impl Classes {
             .collect()
     }
 
-    fn build(
-        &self,
-        name: &str,
-        args: &ClassArgs<'_>,
-    ) -> Result<Rc<RefCell<dyn SmtpServer>>, String> {
+    fn build(&self, name: &str, args: &ClassArgs<'_>) -> Result<Box<dyn Backend>, String> {
         let available = self.available().join(", ");
         match self.entries.iter().find(|(n, _)| n == name) {
             Some((_, Some(factory))) => factory(args),
@@ -174,16 +169,18 @@ fn mailman_proxy(args: &ClassArgs<'_>) -> Result<MailmanProxy, String> {
         (Some(_), Some(_)) => {
             return Err("Give --mailman-lmtp or --mailman2-prefix, not both".into());
         }
-        (Some(prefix), None) => Backend::Mailman2(Mailman2::at(prefix)),
-        (None, Some(spec)) if spec.contains('/') => Backend::Mailman3(LmtpAddr::Unix(spec.into())),
+        (Some(prefix), None) => MailmanVersion::Mailman2(Mailman2::at(prefix)),
+        (None, Some(spec)) if spec.contains('/') => {
+            MailmanVersion::Mailman3(LmtpAddr::Unix(spec.into()))
+        }
         (None, Some(spec)) => {
             let (host, port) =
                 parse_spec(spec).ok_or_else(|| format!("Invalid Mailman LMTP address: {spec}"))?;
             let addr = resolve(&host, port)
                 .ok_or_else(|| format!("Cannot resolve Mailman LMTP address: {spec}"))?;
-            Backend::Mailman3(LmtpAddr::Tcp(addr))
+            MailmanVersion::Mailman3(LmtpAddr::Tcp(addr))
         }
-        (None, None) => Backend::default(),
+        (None, None) => MailmanVersion::default(),
     };
     let suffixes = match o.mailman_suffixes.as_deref() {
         None | Some("cpython") => Suffixes::Cpython,
@@ -191,12 +188,12 @@ fn mailman_proxy(args: &ClassArgs<'_>) -> Result<MailmanProxy, String> {
         Some(other) => return Err(format!("Invalid Mailman suffixes: {other}")),
     };
     let target = match &backend {
-        Backend::Mailman2(mm2) => format!("Mailman 2's wrapper {}", mm2.wrapper.display()),
-        Backend::Mailman3(lmtp) => format!("Mailman 3 at {lmtp}"),
+        MailmanVersion::Mailman2(mm2) => format!("Mailman 2's wrapper {}", mm2.wrapper.display()),
+        MailmanVersion::Mailman3(lmtp) => format!("Mailman 3 at {lmtp}"),
     };
     let mut options = MailmanOptions {
         proxy: relay_options(o)?,
-        backend,
+        mailman: backend,
         suffixes,
         mailman_domain: o.mailman_domain.clone(),
         ..MailmanOptions::default()

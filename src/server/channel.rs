@@ -2,7 +2,6 @@
 //! (meaning). Bytes flow one way: chat → session → server → reply → chat.
 
 use std::any::Any;
-use std::cell::RefCell;
 use std::net::SocketAddr;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::rc::Rc;
@@ -12,7 +11,7 @@ use std::time::{Duration, Instant};
 use super::listener::{ChannelShutdown, ListenerShared};
 use super::{
     local_error, AddressRequest, CommandRequest, Completion, HeloRequest, Outcome, ServerCtx,
-    SmtpServer,
+    SmtpSession,
 };
 use crate::chat::{ChatCtl, ChatHandler, Terminator};
 use crate::reactor::{Ctx, TimerId};
@@ -21,6 +20,8 @@ use crate::smtp::{AddressCheck, CommandCheck, Config, Framing, Message, Output, 
 /// What a deferred answer is for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Kind {
+    /// Whether to greet the client.
+    Connect,
     Message,
     Check,
     Command,
@@ -45,7 +46,8 @@ struct DataClock {
 /// The protocol half of one SMTP connection (Python's `SMTPChannel`).
 pub(crate) struct SmtpChannel {
     session: Session,
-    server: Rc<RefCell<dyn SmtpServer>>,
+    /// The connection's session (its hooks), opened by the listener's backend in `on_start`.
+    hooks: Box<dyn SmtpSession>,
     shared: Rc<ListenerShared>,
     peer: SocketAddr,
     /// The unit (command line or message body) being collected.
@@ -66,6 +68,8 @@ pub(crate) struct SmtpChannel {
     delivered: bool,
     /// The greeting is held back (`ServerOptions::greeting_delay`) until this timer fires.
     greeting: Option<TimerId>,
+    /// The greeting `on_connect` chose instead of the default `220` line.
+    greeting_reply: Option<Reply>,
     /// The client sent something before the greeting.
     early: bool,
     /// Deadlines of the DATA phase in progress.
@@ -79,13 +83,12 @@ pub(crate) struct SmtpChannel {
 impl SmtpChannel {
     pub(crate) fn new(
         config: Arc<Config>,
-        server: Rc<RefCell<dyn SmtpServer>>,
         shared: Rc<ListenerShared>,
         peer: SocketAddr,
     ) -> SmtpChannel {
         SmtpChannel {
             session: Session::new(config, peer),
-            server,
+            hooks: Box::new(Unopened),
             shared,
             peer,
             unit: Vec::new(),
@@ -100,6 +103,7 @@ impl SmtpChannel {
             in_transaction: false,
             delivered: false,
             greeting: None,
+            greeting_reply: None,
             early: false,
             data_clock: None,
             held: 0,
@@ -259,9 +263,12 @@ impl SmtpChannel {
     fn track_transaction(&mut self, ctx: &mut Ctx<'_>) {
         let open = self.session.envelope().is_some()
             || self.session.is_waiting()
-            || self.pending.is_some();
+            || self
+                .pending
+                .as_ref()
+                .is_some_and(|p| p.kind != Kind::Connect);
         if self.in_transaction && !open && !self.delivered {
-            self.notify_server(ctx, |server, cx| server.on_reset(cx));
+            self.notify_session(ctx, |session, cx| session.on_reset(cx));
         }
         if !open {
             self.delivered = false;
@@ -269,16 +276,14 @@ impl SmtpChannel {
         self.in_transaction = open;
     }
 
-    fn notify_server(
+    fn notify_session(
         &mut self,
         ctx: &mut Ctx<'_>,
-        call: impl FnOnce(&mut dyn SmtpServer, &mut ServerCtx<'_, '_>),
+        call: impl FnOnce(&mut dyn SmtpSession, &mut ServerCtx<'_, '_>),
     ) {
-        let server = self.server.clone();
+        let hooks = &mut *self.hooks;
         let mut scx = ServerCtx::new(ctx);
-        let result = catch_unwind(AssertUnwindSafe(|| {
-            call(&mut *server.borrow_mut(), &mut scx)
-        }));
+        let result = catch_unwind(AssertUnwindSafe(|| call(hooks, &mut scx)));
         if result.is_err() {
             log::error!("{}: the server panicked in a notification hook", self.peer);
         }
@@ -313,11 +318,11 @@ impl SmtpChannel {
     }
 
     fn deliver(&mut self, message: Message, chat: &mut ChatCtl, ctx: &mut Ctx<'_>) {
-        let server = self.server.clone();
+        let hooks = &mut self.hooks;
         self.delivered = true;
         let peer = self.peer;
         let outcome = Self::call_server(&|| Self::summary(peer, &message), ctx, |cx| {
-            server.borrow_mut().process_message(&message, cx)
+            hooks.process_message(&message, cx)
         });
         self.settle_outcome(
             Kind::Message,
@@ -335,7 +340,7 @@ impl SmtpChannel {
             let verb = if mail { "MAIL" } else { "RCPT" };
             format!("{peer} {verb} <{}>", check.address)
         };
-        let server = self.server.clone();
+        let hooks = &mut self.hooks;
         let envelope = self.session.envelope();
         let request = AddressRequest {
             peer,
@@ -347,11 +352,10 @@ impl SmtpChannel {
             rcpt_tos: envelope.map_or(&empty, |e| &e.rcpt_tos),
         };
         let outcome = Self::call_server(&summary, ctx, |cx| {
-            let mut server = server.borrow_mut();
             if mail {
-                server.on_mail(&request, cx)
+                hooks.on_mail(&request, cx)
             } else {
-                server.on_rcpt(&request, cx)
+                hooks.on_rcpt(&request, cx)
             }
         });
         self.settle_outcome(Kind::Check, &summary, outcome, chat, ctx);
@@ -360,7 +364,7 @@ impl SmtpChannel {
     fn command(&mut self, command: CommandCheck, chat: &mut ChatCtl, ctx: &mut Ctx<'_>) {
         let peer = self.peer;
         let summary = || format!("{peer} command {}", command.verb);
-        let server = self.server.clone();
+        let hooks = &mut self.hooks;
         let request = CommandRequest {
             peer,
             helo: self.session.helo(),
@@ -370,16 +374,15 @@ impl SmtpChannel {
         let helo = matches!(command.verb.as_str(), "HELO" | "EHLO")
             && !self.shared.server_verbs.contains(&command.verb);
         let outcome = Self::call_server(&summary, ctx, |cx| {
-            let mut server = server.borrow_mut();
             if helo {
                 let request = HeloRequest {
                     peer,
                     name: &command.arg,
                     extended: command.verb == "EHLO",
                 };
-                server.on_helo(&request, cx)
+                hooks.on_helo(&request, cx)
             } else {
-                server.on_command(&request, cx)
+                hooks.on_command(&request, cx)
             }
         });
         self.settle_outcome(Kind::Command, &summary, outcome, chat, ctx);
@@ -398,6 +401,7 @@ impl SmtpChannel {
             log::error!("{}: the server panicked; answering 451", summary());
             Outcome::Reply(local_error())
         });
+        // (A panic at connect is answered 421 by `finish`.)
         (outcome, issued)
     }
 
@@ -410,7 +414,7 @@ impl SmtpChannel {
         ctx: &mut Ctx<'_>,
     ) {
         match (outcome, issued) {
-            (Outcome::Deferred, Some(ticket)) => {
+            (Outcome::Deferred(deferral), Some(ticket)) if deferral.id == ticket => {
                 chat.pause();
                 if let Some(idle) = self.idle.take() {
                     ctx.cancel_timer(idle);
@@ -423,24 +427,41 @@ impl SmtpChannel {
                     kind,
                 });
             }
-            (Outcome::Deferred, None) => {
+            (Outcome::Deferred(_), _) => {
                 log::error!(
-                    "{}: Outcome::Deferred without ServerCtx::defer; answering 451",
+                    "{}: Outcome::Deferred with a ticket this hook call did not obtain from \
+                     ServerCtx::defer; answering 451",
                     summary()
                 );
-                self.finish(kind, local_error(), summary);
+                self.finish(kind, local_error(), summary, ctx);
             }
             (Outcome::Accept, _) if kind == Kind::Command => {
                 self.session.command_done(None, &mut self.outputs);
             }
-            (Outcome::Accept, _) => self.finish(kind, Reply::ok(), summary),
-            (Outcome::Reply(reply), _) => self.finish(kind, reply, summary),
+            (Outcome::Accept, _) => self.finish(kind, Reply::ok(), summary, ctx),
+            (Outcome::Reply(reply), _) => self.finish(kind, reply, summary, ctx),
         }
     }
 
     /// Gives the session the verdict it waits for.
-    fn finish(&mut self, kind: Kind, reply: Reply, summary: &dyn Fn() -> String) {
+    fn finish(
+        &mut self,
+        kind: Kind,
+        reply: Reply,
+        summary: &dyn Fn() -> String,
+        ctx: &mut Ctx<'_>,
+    ) {
         match kind {
+            Kind::Connect => {
+                let reply = if reply == local_error() {
+                    // A panic, a dropped or stale ticket, the deadline: not the session's
+                    // chosen words, and 451 is no greeting code.
+                    self.closing_reply()
+                } else {
+                    reply
+                };
+                self.connect_decided(reply, ctx);
+            }
             Kind::Message => {
                 if log::log_enabled!(log::Level::Info) {
                     log::info!("{} -> {}", summary(), reply.code);
@@ -472,7 +493,7 @@ impl SmtpChannel {
             );
             local_error()
         });
-        self.finish(pending.kind, reply, &|| pending.summary.clone());
+        self.finish(pending.kind, reply, &|| pending.summary.clone(), ctx);
         self.resume(chat, ctx);
     }
 
@@ -526,6 +547,48 @@ impl SmtpChannel {
         } else {
             self.shutdown = Some(ctx.set_timer(grace));
         }
+    }
+}
+
+impl SmtpChannel {
+    /// `on_connect` decided (at once or through its ticket): greet (after the greeting
+    /// delay, if any) or refuse and close.
+    fn connect_decided(&mut self, reply: Reply, ctx: &mut Ctx<'_>) {
+        if reply.code / 100 != 2 {
+            log::info!("{}: refused at connect: {}", self.peer, reply.code);
+            self.outputs.push(Output::Reply(reply));
+            self.outputs.push(Output::Close);
+            return;
+        }
+        // `250 OK` (`Outcome::Accept`, `Ticket::accept`) greets with the default line.
+        let custom = (reply != Reply::ok()).then_some(reply);
+        if let Some(delay) = self.shared.options.greeting_delay {
+            self.greeting_reply = custom;
+            self.greeting = Some(ctx.set_timer(delay));
+            return;
+        }
+        self.greet(custom);
+    }
+
+    /// Queues the greeting: the session's `220` line, or the one `on_connect` chose.
+    fn greet(&mut self, custom: Option<Reply>) {
+        let from = self.outputs.len();
+        self.session.start(&mut self.outputs);
+        if let Some(reply) = custom {
+            if let Some(Output::Reply(greeting)) = self.outputs.get_mut(from) {
+                *greeting = reply;
+            }
+        }
+    }
+}
+
+/// The hooks of a channel before its session is opened and after it is closed: they never
+/// run (a channel without a session refuses the connection).
+struct Unopened;
+
+impl SmtpSession for Unopened {
+    fn process_message(&mut self, _message: &Message, _cx: &mut ServerCtx<'_, '_>) -> Outcome {
+        Outcome::Reply(local_error())
     }
 }
 
@@ -610,33 +673,41 @@ impl ChatHandler for SmtpChannel {
 
     fn on_start(&mut self, chat: &mut ChatCtl, ctx: &mut Ctx<'_>) {
         log::debug!("{} connected", self.peer);
-        let server = self.server.clone();
         let peer = self.peer;
+        let shared = self.shared.clone();
+        let opened = catch_unwind(AssertUnwindSafe(|| {
+            shared.backend.borrow_mut().open_session(peer)
+        }));
+        let hooks = match opened {
+            Ok(hooks) => hooks,
+            Err(_) => {
+                log::error!("{peer}: open_session panicked; refusing the connection");
+                let reply = Reply::new(421, "Service not available, closing transmission channel");
+                self.push_reply(chat, &reply);
+                chat.close_when_done();
+                return;
+            }
+        };
+        self.hooks = hooks;
+        let hooks = &mut self.hooks;
+        let summary = || format!("{peer} connect");
         let mut scx = ServerCtx::new(ctx);
-        let refusal = catch_unwind(AssertUnwindSafe(|| {
-            server.borrow_mut().on_connect(peer, &mut scx)
-        }))
-        .unwrap_or_else(|_| {
+        let result = catch_unwind(AssertUnwindSafe(|| hooks.on_connect(peer, &mut scx)));
+        let issued = scx.issued();
+        let outcome = result.unwrap_or_else(|_| {
             log::error!("{peer}: on_connect panicked; refusing the connection");
-            Some(Reply::new(
+            Outcome::Reply(Reply::new(
                 421,
                 "Service not available, closing transmission channel",
             ))
         });
-        if let Some(reply) = refusal {
-            log::info!("{peer}: refused at connect: {}", reply.code);
-            self.push_reply(chat, &reply);
-            chat.close_when_done();
-            return;
+        self.settle_outcome(Kind::Connect, &summary, (outcome, issued), chat, ctx);
+        if self.pending.is_none() {
+            self.act(chat, ctx);
+            if !chat.is_closing() {
+                self.arm_idle(ctx);
+            }
         }
-        if let Some(delay) = self.shared.options.greeting_delay {
-            self.greeting = Some(ctx.set_timer(delay));
-            self.arm_idle(ctx);
-            return;
-        }
-        self.session.start(&mut self.outputs);
-        self.act(chat, ctx);
-        self.arm_idle(ctx);
     }
 
     fn on_timer(&mut self, chat: &mut ChatCtl, ctx: &mut Ctx<'_>, timer: TimerId) {
@@ -651,7 +722,8 @@ impl ChatHandler for SmtpChannel {
             if self.early {
                 self.refuse_early_talker(chat, ctx);
             } else {
-                self.session.start(&mut self.outputs);
+                let custom = self.greeting_reply.take();
+                self.greet(custom);
                 self.act(chat, ctx);
             }
         } else if self.data_clock.as_ref().is_some_and(|c| c.timer == timer) {
@@ -667,7 +739,12 @@ impl ChatHandler for SmtpChannel {
                 "{}: no answer within the deferral deadline; answering 451",
                 pending.summary
             );
-            self.finish(pending.kind, local_error(), &|| pending.summary.clone());
+            self.finish(
+                pending.kind,
+                local_error(),
+                &|| pending.summary.clone(),
+                ctx,
+            );
             self.resume(chat, ctx);
         } else if self.shutdown == Some(timer) {
             self.shutdown = None;
@@ -710,9 +787,10 @@ impl ChatHandler for SmtpChannel {
             ctx.cancel_timer(timer);
         }
         if self.in_transaction && !self.delivered {
-            self.notify_server(ctx, |server, cx| server.on_reset(cx));
+            self.notify_session(ctx, |session, cx| session.on_reset(cx));
         }
-        self.notify_server(ctx, |server, cx| server.on_disconnect(cx));
+        self.notify_session(ctx, |session, cx| session.on_disconnect(cx));
+        self.hooks = Box::new(Unopened);
         self.unit = Vec::new();
         self.release_data();
         self.shared.channels.borrow_mut().remove(&ctx.handle());

@@ -15,7 +15,7 @@ use mio::net::{TcpListener, TcpStream};
 use mio::Interest;
 
 use super::channel::SmtpChannel;
-use super::{ServerOptions, SmtpServer};
+use super::{Backend, ServerOptions};
 use crate::chat::ChatDispatcher;
 use crate::reactor::{Acceptor, AcceptorOptions, Ctx, Dispatcher, Handle, Reactor, TimerId};
 use crate::smtp::Config;
@@ -31,6 +31,8 @@ pub(crate) struct ListenerShared {
     pub(crate) data_memory: Cell<usize>,
     /// The verbs the server handles in `on_command` (upper-case).
     pub(crate) server_verbs: Vec<String>,
+    /// Opens each channel's session.
+    pub(crate) backend: RefCell<Box<dyn Backend>>,
 }
 
 impl ListenerShared {
@@ -94,9 +96,11 @@ pub(crate) struct ChannelShutdown {
 
 type AcceptFn = Box<dyn FnMut(TcpStream, SocketAddr, &mut Ctx<'_>)>;
 
-/// A listening SMTP server: accepts connections and runs an SMTP channel for each, all handing
-/// their messages to one [`SmtpServer`]. Several listeners (with the same or different servers)
-/// can share one reactor, as asyncore servers shared one socket map.
+/// A listening SMTP server: accepts connections and runs an SMTP channel for each, with a
+/// session its [`Backend`] opens (for an `Rc<RefCell<S>>` of an
+/// [`SmtpServer`](super::SmtpServer), all handing their messages to that one server). Several
+/// listeners (with the same or different servers) can share one reactor, as asyncore servers
+/// shared one socket map.
 pub struct Listener {
     handle: Handle,
     local_addr: SocketAddr,
@@ -104,7 +108,9 @@ pub struct Listener {
 
 impl Listener {
     /// Binds `addr` (port 0 picks a free port) with a listen backlog of
-    /// [`ServerOptions::backlog`] and starts serving on `reactor`.
+    /// [`ServerOptions::backlog`] and starts serving `server` on `reactor`: an
+    /// `Rc<RefCell<S>>` of an [`SmtpServer`](super::SmtpServer) (also `dyn SmtpServer`), or any
+    /// other [`Backend`].
     ///
     /// # Errors
     /// When the address cannot be bound, or `options.session` is inconsistent
@@ -112,7 +118,7 @@ impl Listener {
     pub fn bind(
         reactor: &mut Reactor,
         addr: SocketAddr,
-        server: Rc<RefCell<dyn SmtpServer>>,
+        server: impl Backend,
         options: ServerOptions,
     ) -> io::Result<Listener> {
         let listener = crate::reactor::bind_tcp(addr, options.backlog)?;
@@ -128,7 +134,16 @@ impl Listener {
     pub fn adopt(
         reactor: &mut Reactor,
         listener: TcpListener,
-        server: Rc<RefCell<dyn SmtpServer>>,
+        server: impl Backend,
+        options: ServerOptions,
+    ) -> io::Result<Listener> {
+        Listener::adopt_backend(reactor, listener, Box::new(server), options)
+    }
+
+    fn adopt_backend(
+        reactor: &mut Reactor,
+        listener: TcpListener,
+        server: Box<dyn Backend>,
         options: ServerOptions,
     ) -> io::Result<Listener> {
         options
@@ -145,7 +160,6 @@ impl Listener {
         };
         let server_verbs: Vec<String>;
         {
-            let server = server.borrow();
             server_verbs = server.commands().iter().map(|v| v.to_uppercase()).collect();
             config.custom_verbs = server_verbs.clone();
             // HELO and EHLO go to the server's on_helo unless it handles them as commands.
@@ -168,6 +182,7 @@ impl Listener {
             per_ip: RefCell::new(HashMap::new()),
             data_memory: Cell::new(0),
             server_verbs,
+            backend: RefCell::new(server),
         });
         let accept_shared = shared.clone();
         let on_accept: AcceptFn = Box::new(move |mut stream, peer, ctx| {
@@ -180,8 +195,7 @@ impl Listener {
             }
             *shared.per_ip.borrow_mut().entry(ip).or_insert(0) += 1;
             let _ = stream.set_nodelay(true);
-            let channel =
-                SmtpChannel::new(shared.config.clone(), server.clone(), shared.clone(), peer);
+            let channel = SmtpChannel::new(shared.config.clone(), shared.clone(), peer);
             let handle = ctx.spawn(ChatDispatcher::with_options(
                 stream,
                 channel,
