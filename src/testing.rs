@@ -58,6 +58,11 @@
 //! # Ok::<(), std::io::Error>(())
 //! ```
 //!
+//! A [`Backend`] with sessions of its own (or a built-in such as
+//! [`PureProxy`](crate::servers::PureProxy)) goes in with [`TestServerBuilder::backend`]. To
+//! call a session's hooks without any socket, see
+//! [`ServerCtx::detached`](crate::server::ServerCtx::detached).
+//!
 //! Every wait is bounded: each server stops by itself after [its
 //! lifetime](TestServerBuilder::lifetime) (60 s by default), the client's reads time out (5 s by
 //! default), and dropping the [`TestServer`] stops its thread and joins it.
