@@ -69,7 +69,7 @@ pub(crate) struct SmtpChannel {
     /// The greeting is held back (`ServerOptions::greeting_delay`) until this timer fires.
     greeting: Option<TimerId>,
     /// The greeting `on_connect` chose instead of the default `220` line.
-    greeting_reply: Option<Reply>,
+    greeting_reply: Option<Box<Reply>>,
     /// The client sent something before the greeting.
     early: bool,
     /// Deadlines of the DATA phase in progress.
@@ -401,7 +401,6 @@ impl SmtpChannel {
             log::error!("{}: the server panicked; answering 451", summary());
             Outcome::Reply(local_error())
         });
-        // (A panic at connect is answered 421 by `finish`.)
         (outcome, issued)
     }
 
@@ -563,7 +562,7 @@ impl SmtpChannel {
         // `250 OK` (`Outcome::Accept`, `Ticket::accept`) greets with the default line.
         let custom = (reply != Reply::ok()).then_some(reply);
         if let Some(delay) = self.shared.options.greeting_delay {
-            self.greeting_reply = custom;
+            self.greeting_reply = custom.map(Box::new);
             self.greeting = Some(ctx.set_timer(delay));
             return;
         }
@@ -722,7 +721,7 @@ impl ChatHandler for SmtpChannel {
             if self.early {
                 self.refuse_early_talker(chat, ctx);
             } else {
-                let custom = self.greeting_reply.take();
+                let custom = self.greeting_reply.take().map(|r| *r);
                 self.greet(custom);
                 self.act(chat, ctx);
             }
