@@ -802,6 +802,14 @@ fn serve<S: SmtpServer>(
 fn serve_backend<B: Backend>(
     make: impl FnOnce() -> B + Send + 'static,
 ) -> (SocketAddr, StopHandle, thread::JoinHandle<()>) {
+    serve_backend_with(options(), make)
+}
+
+/// As [`serve_backend`], with `options`.
+fn serve_backend_with<B: Backend>(
+    options: ServerOptions,
+    make: impl FnOnce() -> B + Send + 'static,
+) -> (SocketAddr, StopHandle, thread::JoinHandle<()>) {
     let (ready_tx, ready_rx) = mpsc::channel();
     let runner = thread::spawn(move || {
         let mut reactor = Reactor::new().unwrap();
@@ -810,7 +818,7 @@ fn serve_backend<B: Backend>(
             &mut reactor,
             "127.0.0.1:0".parse().unwrap(),
             server,
-            options(),
+            options,
         )
         .unwrap();
         reactor.add(Watchdog(Duration::from_secs(30))).unwrap();
@@ -1027,6 +1035,34 @@ fn on_connect_may_defer_then_greet_or_refuse() {
         "421 test.example Service not available, closing transmission channel"
     );
     assert!(c.at_eof());
+    stop.stop();
+    runner.join().unwrap();
+}
+
+#[test]
+fn a_greeting_chosen_by_a_deferred_on_connect_waits_for_the_greeting_delay() {
+    let mut o = options();
+    o.greeting_delay = Some(Duration::from_millis(150));
+    let verdicts = vec![
+        Some(Reply::new(220, "test.example ESMTP after a pause")),
+        Some(Reply::new(220, "test.example ESMTP after a pause")),
+    ];
+    let (addr, stop, runner) = serve_backend_with(o, move || Gate {
+        verdicts: Rc::new(RefCell::new(verdicts)),
+    });
+    let started = Instant::now();
+    let mut c = Client::connect(addr);
+    assert_eq!(c.line(), "220 test.example ESMTP after a pause");
+    assert!(started.elapsed() >= Duration::from_millis(150));
+    assert_eq!(c.cmd("HELO me"), "250 test.example");
+    // Talking during the delay (after the decision came) is still refused.
+    let mut early = Client::connect(addr);
+    thread::sleep(Duration::from_millis(60));
+    early.send("HELO me\r\n");
+    assert_eq!(
+        early.line(),
+        "554 5.5.0 test.example Error: talked before the greeting"
+    );
     stop.stop();
     runner.join().unwrap();
 }
