@@ -40,11 +40,12 @@ struct Delayed(Duration);
 impl SmtpServer for Delayed {
     fn process_message(&mut self, _m: &Message, cx: &mut ServerCtx<'_, '_>) -> Outcome {
         let ticket = cx.defer();
+        let deferred = Outcome::deferred(&ticket); // made from the ticket it promises
         cx.ctx().spawn(Delayer {
             ticket: Some(ticket),
             after: self.0,
         });
-        Outcome::Deferred
+        deferred
     }
 }
 

@@ -13,7 +13,7 @@
 //! | [`reactor`] | `asyncore` | the loop, the dispatcher map, timers, stop and remote handles | yes |
 //! | [`chat`] | `asynchat.async_chat` | terminator framing, output queue, backpressure | yes |
 //! | [`smtp`] | `smtpd.SMTPChannel`'s logic | the sans-I/O SMTP session: lines in, replies out | **no** |
-//! | [`server`] | `smtpd.SMTPServer` | the [`SmtpServer`](server::SmtpServer) trait, [`Listener`](server::Listener), deferred replies | listener only |
+//! | [`server`] | `smtpd.SMTPServer` | the [`SmtpServer`](server::SmtpServer) trait, per-connection [`SmtpSession`](server::SmtpSession)s opened by a [`Backend`](server::Backend), [`Listener`](server::Listener), deferred replies | listener only |
 //! | [`client`] | `smtplib` (as PureProxy used it) | sans-I/O SMTP/LMTP client and the in-loop [`Relay`](client::Relay) | via `chat` |
 //! | [`servers`] | `DebuggingServer`, `PureProxy`, `MailmanProxy` | built-in servers, written against the public API | no |
 //! | [`cli`] | `python -m smtpd` | the command line, reusable with your own server classes | no |
@@ -30,9 +30,13 @@
 //!  socket ──► chat (frames "\r\n" / "\r\n.\r\n") ──► smtp::Session (meaning)
 //!                                                        │ Output::Message
 //!                                                        ▼
-//!  socket ◄── chat (output queue) ◄── reply ◄── SmtpServer::process_message
-//!                                              (Accept / Reply / Deferred → Ticket)
+//!  socket ◄── chat (output queue) ◄── reply ◄── SmtpSession::process_message
+//!                                              (Accept / Reply / Deferred ← Ticket)
 //! ```
+//!
+//! Each connection has its own [`SmtpSession`](server::SmtpSession) value, opened by the
+//! listener's [`Backend`](server::Backend); an `Rc<RefCell<S>>` of a CPython-shaped
+//! [`SmtpServer`](server::SmtpServer) is a backend whose sessions all forward to `S`.
 //!
 //! Protocol code never touches a socket; socket code never parses SMTP. `server`'s channel is
 //! the one place where the two meet.
@@ -73,12 +77,15 @@
 //! | `set_terminator` / `push` / `push_with_producer` / `close_when_done` | [`ChatCtl`](chat::ChatCtl) methods of the same names |
 //! | `collect_incoming_data` / `found_terminator` | [`ChatHandler`](chat::ChatHandler) methods of the same names |
 //! | `smtpd.SMTPServer(localaddr, remoteaddr, data_size_limit, map, enable_SMTPUTF8, decode_data)` | [`server::Listener::bind`] with [`server::ServerOptions`] |
-//! | `process_message(peer, mailfrom, rcpttos, data, **kwargs)` | [`SmtpServer::process_message`](server::SmtpServer::process_message) |
+//! | `process_message(peer, mailfrom, rcpttos, data, **kwargs)` | [`SmtpServer::process_message`](server::SmtpServer::process_message) (or, per connection, [`SmtpSession::process_message`](server::SmtpSession::process_message)) |
+//! | `SMTPServer.channel_class`, state kept on an `SMTPChannel` subclass | [`Backend::open_session`](server::Backend::open_session) returning your [`SmtpSession`](server::SmtpSession) (go-smtp's Backend/Session): one value per connection, hooks with `&mut self` |
 //! | `smtpd.DebuggingServer` | [`servers::DebuggingServer`] |
 //! | `smtpd.PureProxy` | [`servers::PureProxy`] (relays inside the loop; `250` only for mail the upstream took) |
 //! | `smtpd.MailmanProxy` (3.10) | [`servers::MailmanProxy`] (Mailman 3 over LMTP, or Mailman 2's wrapper) |
 //! | `smtplib` (as PureProxy used it) | [`client::Client`] and [`client::Relay`], non-blocking |
-//! | `SMTPChannel.smtp_XXX` overrides | [`SmtpServer::commands`](server::SmtpServer::commands) / [`on_command`](server::SmtpServer::on_command), [`on_helo`](server::SmtpServer::on_helo), [`on_mail`](server::SmtpServer::on_mail), [`on_rcpt`](server::SmtpServer::on_rcpt) |
+//! | `SMTPChannel.smtp_XXX` overrides | [`SmtpServer::commands`](server::SmtpServer::commands) / [`on_command`](server::SmtpServer::on_command), [`on_helo`](server::SmtpServer::on_helo), [`on_mail`](server::SmtpServer::on_mail), [`on_rcpt`](server::SmtpServer::on_rcpt) (the same hooks on [`SmtpSession`](server::SmtpSession), [`Backend::commands`](server::Backend::commands)) |
+//! | — (a hook answering later) | [`ServerCtx::defer`](server::ServerCtx::defer) → [`Ticket`](server::Ticket), returned as [`Outcome::deferred`](server::Outcome::deferred) |
+//! | — (calling a hook in a unit test) | [`ServerCtx::detached`](server::ServerCtx::detached) on a [`DetachedCtx`](server::DetachedCtx) (no socket, no reactor) |
 //!
 //! ## mio
 //!

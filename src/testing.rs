@@ -58,6 +58,11 @@
 //! # Ok::<(), std::io::Error>(())
 //! ```
 //!
+//! A [`Backend`] with sessions of its own (or a built-in such as
+//! [`PureProxy`](crate::servers::PureProxy)) goes in with [`TestServerBuilder::backend`]. To
+//! call a session's hooks without any socket, see
+//! [`ServerCtx::detached`](crate::server::ServerCtx::detached).
+//!
 //! Every wait is bounded: each server stops by itself after [its
 //! lifetime](TestServerBuilder::lifetime) (60 s by default), the client's reads time out (5 s by
 //! default), and dropping the [`TestServer`] stops its thread and joins it.
@@ -75,15 +80,15 @@ use mio::event::Source;
 
 use crate::reactor::{Ctx, Dispatcher, Handle, Reactor, RemoteHandle, StopHandle, TimerId};
 use crate::server::{
-    AddressRequest, CommandRequest, HeloRequest, Listener, Message, Outcome, Reply, ServerCtx,
-    ServerOptions, Shutdown, SmtpServer,
+    AddressRequest, Backend, CommandRequest, HeloRequest, Listener, Message, Outcome, Reply,
+    ServerCtx, ServerOptions, Shutdown, SmtpServer, SmtpSession,
 };
 
 /// The host name test servers greet with unless [options](TestServerBuilder::options) say
 /// otherwise (no DNS lookup of the machine's name).
 pub const TEST_HOSTNAME: &str = "smtpd.test";
 
-type Factory = Box<dyn FnOnce() -> Box<dyn SmtpServer> + Send>;
+type Factory = Box<dyn FnOnce() -> Box<dyn Backend> + Send>;
 
 /// Configures a [`TestServer`] before it starts.
 pub struct TestServerBuilder {
@@ -126,7 +131,19 @@ impl TestServerBuilder {
         S: SmtpServer,
         F: FnOnce() -> S + Send + 'static,
     {
-        self.factory = Box::new(move || Box::new(make()) as Box<dyn SmtpServer>);
+        self.factory = Box::new(move || Box::new(Rc::new(RefCell::new(make()))));
+        self
+    }
+
+    /// A [`Backend`] (per-connection [`SmtpSession`]s, or a built-in such as
+    /// [`PureProxy`](crate::servers::PureProxy)) instead of a server object, made on the server
+    /// thread by `make`.
+    pub fn backend<B, F>(mut self, make: F) -> Self
+    where
+        B: Backend,
+        F: FnOnce() -> B + Send + 'static,
+    {
+        self.factory = Box::new(move || Box::new(make()));
         self
     }
 
@@ -163,10 +180,10 @@ impl TestServerBuilder {
                 let started = (|| {
                     // The reactor is !Send: it is built on the thread that runs it.
                     let mut reactor = Reactor::new()?;
-                    let server = Rc::new(RefCell::new(Recording {
+                    let server = Recording {
                         inner: factory(),
                         seen: message_tx,
-                    }));
+                    };
                     let listener = Listener::bind(&mut reactor, addr, server, options)?;
                     reactor.add(Watchdog(lifetime))?;
                     io::Result::Ok((reactor, listener))
@@ -219,16 +236,47 @@ struct Ready {
     remote: RemoteHandle,
 }
 
-/// Hands a copy of every message to the test thread, then lets the real server decide.
+/// Wraps each session the real backend opens in a [`RecordingSession`].
 struct Recording {
-    inner: Box<dyn SmtpServer>,
+    inner: Box<dyn Backend>,
     seen: mpsc::Sender<Message>,
 }
 
-impl SmtpServer for Recording {
+impl Backend for Recording {
+    fn open_session(&mut self, peer: SocketAddr) -> Box<dyn SmtpSession> {
+        Box::new(RecordingSession {
+            inner: self.inner.open_session(peer),
+            seen: self.seen.clone(),
+        })
+    }
+
+    fn commands(&self) -> Vec<String> {
+        self.inner.commands()
+    }
+
+    fn ehlo_keywords(&self, keywords: &mut Vec<String>) {
+        self.inner.ehlo_keywords(keywords);
+    }
+}
+
+/// Hands a copy of every message to the test thread, then lets the real session decide.
+struct RecordingSession {
+    inner: Box<dyn SmtpSession>,
+    seen: mpsc::Sender<Message>,
+}
+
+impl SmtpSession for RecordingSession {
     fn process_message(&mut self, message: &Message, cx: &mut ServerCtx<'_, '_>) -> Outcome {
         let _ = self.seen.send(message.clone());
         self.inner.process_message(message, cx)
+    }
+
+    fn on_connect(&mut self, peer: SocketAddr, cx: &mut ServerCtx<'_, '_>) -> Outcome {
+        self.inner.on_connect(peer, cx)
+    }
+
+    fn on_helo(&mut self, request: &HeloRequest<'_>, cx: &mut ServerCtx<'_, '_>) -> Outcome {
+        self.inner.on_helo(request, cx)
     }
 
     fn on_mail(&mut self, request: &AddressRequest<'_>, cx: &mut ServerCtx<'_, '_>) -> Outcome {
@@ -239,32 +287,16 @@ impl SmtpServer for Recording {
         self.inner.on_rcpt(request, cx)
     }
 
+    fn on_command(&mut self, request: &CommandRequest<'_>, cx: &mut ServerCtx<'_, '_>) -> Outcome {
+        self.inner.on_command(request, cx)
+    }
+
     fn on_reset(&mut self, cx: &mut ServerCtx<'_, '_>) {
         self.inner.on_reset(cx);
     }
 
     fn on_disconnect(&mut self, cx: &mut ServerCtx<'_, '_>) {
         self.inner.on_disconnect(cx);
-    }
-
-    fn on_connect(&mut self, peer: SocketAddr, cx: &mut ServerCtx<'_, '_>) -> Option<Reply> {
-        self.inner.on_connect(peer, cx)
-    }
-
-    fn commands(&self) -> Vec<String> {
-        self.inner.commands()
-    }
-
-    fn on_helo(&mut self, request: &HeloRequest<'_>, cx: &mut ServerCtx<'_, '_>) -> Outcome {
-        self.inner.on_helo(request, cx)
-    }
-
-    fn on_command(&mut self, request: &CommandRequest<'_>, cx: &mut ServerCtx<'_, '_>) -> Outcome {
-        self.inner.on_command(request, cx)
-    }
-
-    fn ehlo_keywords(&self, keywords: &mut Vec<String>) {
-        self.inner.ehlo_keywords(keywords);
     }
 }
 
@@ -316,7 +348,7 @@ impl TestServer {
             options,
             lifetime: Duration::from_secs(60),
             addr: SocketAddr::from(([127, 0, 0, 1], 0)),
-            factory: Box::new(|| Box::new(AcceptAll)),
+            factory: Box::new(|| Box::new(Rc::new(RefCell::new(AcceptAll)))),
         }
     }
 

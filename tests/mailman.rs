@@ -2,12 +2,10 @@
 //! fake upstream MTA, and a fake Mailman 2 installation whose wrapper records its arguments and
 //! stdin. The real Mailman 3 is in `tests/mailman3.rs`.
 
-use std::cell::RefCell;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::os::unix::net::UnixListener;
 use std::path::{Path, PathBuf};
-use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{mpsc, Arc, Mutex};
 use std::thread;
@@ -16,7 +14,7 @@ use std::time::{Duration, Instant};
 use smtpd::client::RelayOptions;
 use smtpd::reactor::{Reactor, StopHandle};
 use smtpd::server::{Listener, ServerOptions};
-use smtpd::servers::mailman::{Backend, LmtpAddr, Mailman2, Suffixes};
+use smtpd::servers::mailman::{LmtpAddr, Mailman2, MailmanVersion, Suffixes};
 use smtpd::servers::{MailmanOptions, MailmanProxy};
 
 /// A message a scripted server took.
@@ -305,7 +303,7 @@ impl Proxy {
             let listener = Listener::bind(
                 &mut reactor,
                 "127.0.0.1:0".parse().unwrap(),
-                Rc::new(RefCell::new(proxy)),
+                proxy,
                 server_options,
             )
             .unwrap();
@@ -323,7 +321,7 @@ impl Proxy {
 
     fn mm3(upstream: SocketAddr, lmtp: SocketAddr) -> Proxy {
         Proxy::start(upstream, move |o| {
-            o.backend = Backend::Mailman3(LmtpAddr::Tcp(lmtp));
+            o.mailman = MailmanVersion::Mailman3(LmtpAddr::Tcp(lmtp));
         })
     }
 }
@@ -485,7 +483,7 @@ fn mailman3_suffixes_option_asks_mailman_about_its_own_addresses() {
     let (upstream, lmtp) = (Fake::smtp(), Fake::lmtp());
     let lmtp_addr = lmtp.addr();
     let proxy = Proxy::start(upstream.addr(), move |o| {
-        o.backend = Backend::Mailman3(LmtpAddr::Tcp(lmtp_addr));
+        o.mailman = MailmanVersion::Mailman3(LmtpAddr::Tcp(lmtp_addr));
         o.suffixes = Suffixes::Mailman3;
     });
     let mut c = Client::connect(proxy.addr);
@@ -651,7 +649,7 @@ fn relaying_is_refused_to_untrusted_clients_but_lists_are_served() {
     let (upstream, lmtp) = (Fake::smtp(), Fake::lmtp());
     let lmtp_addr = lmtp.addr();
     let proxy = Proxy::start(upstream.addr(), move |o| {
-        o.backend = Backend::Mailman3(LmtpAddr::Tcp(lmtp_addr));
+        o.mailman = MailmanVersion::Mailman3(LmtpAddr::Tcp(lmtp_addr));
         o.proxy.trust_loopback = false;
     });
     let mut c = Client::connect(proxy.addr);
@@ -675,7 +673,7 @@ fn lmtp_over_a_unix_socket() {
     let sock = dir.path().join("lmtp.sock");
     let (upstream, lmtp) = (Fake::smtp(), Fake::lmtp_unix(&sock));
     let proxy = Proxy::start(upstream.addr(), move |o| {
-        o.backend = Backend::Mailman3(LmtpAddr::Unix(sock));
+        o.mailman = MailmanVersion::Mailman3(LmtpAddr::Unix(sock));
     });
     let mut c = Client::connect(proxy.addr);
     let (rcpts, last) = c.send(
@@ -776,7 +774,7 @@ fn wrapper_runs(dir: &Path) -> Vec<(String, String)> {
 fn mm2_proxy(upstream: SocketAddr, prefix: &Path, timeout: Duration) -> Proxy {
     let prefix = prefix.to_path_buf();
     Proxy::start(upstream, move |o| {
-        o.backend = Backend::Mailman2(Mailman2::at(prefix));
+        o.mailman = MailmanVersion::Mailman2(Mailman2::at(prefix));
         o.wrapper_timeout = timeout;
     })
 }

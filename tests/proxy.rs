@@ -1,10 +1,8 @@
 //! PureProxy over loopback: a scripted upstream (accepting, refusing, stalling, dropping, down)
 //! and the promise that no client is told `250` for mail the upstream did not take.
 
-use std::cell::RefCell;
 use std::io::{BufRead, BufReader, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
-use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc, Arc, Mutex};
 use std::thread;
@@ -235,7 +233,7 @@ impl Proxy {
             let listener = Listener::bind(
                 &mut reactor,
                 "127.0.0.1:0".parse().unwrap(),
-                Rc::new(RefCell::new(proxy)),
+                proxy,
                 server_options,
             )
             .unwrap();

@@ -1,6 +1,7 @@
 //! The SMTP server library over real loopback sockets: what `process_message` receives,
 //! deferred replies (from a timer, from another thread, deadline, dropped ticket), panics,
-//! limits and timeouts, several listeners in one reactor, graceful shutdown.
+//! limits and timeouts, several listeners in one reactor, graceful shutdown, per-connection
+//! sessions and deferred connect decisions.
 
 use std::cell::RefCell;
 use std::io::{BufRead, BufReader, Write};
@@ -13,7 +14,8 @@ use std::time::{Duration, Instant};
 use mio::event::Source;
 use smtpd::reactor::{Ctx, Dispatcher, Reactor, StopHandle, TimerId};
 use smtpd::server::{
-    Listener, Message, Outcome, Reply, ServerCtx, ServerOptions, Shutdown, SmtpServer, Ticket,
+    Backend, Listener, Message, Outcome, Reply, ServerCtx, ServerOptions, Shutdown, SmtpServer,
+    SmtpSession, Ticket,
 };
 
 /// What the recording server answers.
@@ -68,28 +70,34 @@ impl SmtpServer for Recorder {
             Behaviour::Reply(code, text) => Outcome::Reply(Reply::new(code, text)),
             Behaviour::Thread(after, code, text) => {
                 let ticket = cx.defer();
+                let deferred = Outcome::deferred(&ticket);
                 thread::spawn(move || {
                     thread::sleep(after);
                     ticket.complete(Reply::new(code, text));
                 });
-                Outcome::Deferred
+                deferred
             }
             Behaviour::Timer(after, code, text) => {
                 let ticket = cx.defer();
+                let deferred = Outcome::deferred(&ticket);
                 cx.ctx().spawn(Delayer {
                     ticket: Some(ticket),
                     after,
                     reply: Reply::new(code, text),
                 });
-                Outcome::Deferred
+                deferred
             }
             Behaviour::Hold => {
-                self.held.push(cx.defer());
-                Outcome::Deferred
+                let ticket = cx.defer();
+                let deferred = Outcome::deferred(&ticket);
+                self.held.push(ticket);
+                deferred
             }
             Behaviour::Drop => {
-                drop(cx.defer());
-                Outcome::Deferred
+                let ticket = cx.defer();
+                let deferred = Outcome::deferred(&ticket);
+                drop(ticket);
+                deferred
             }
             Behaviour::Panic => panic!("bug in user code"),
         }
@@ -617,6 +625,7 @@ impl SmtpServer for Gatekeeper {
         }
         if request.address.starts_with("slow") {
             let ticket = cx.defer();
+            let deferred = Outcome::deferred(&ticket);
             let accept = request.rcpt_tos.is_empty();
             thread::spawn(move || {
                 thread::sleep(Duration::from_millis(50));
@@ -626,7 +635,7 @@ impl SmtpServer for Gatekeeper {
                     ticket.complete(Reply::new(452, "4.5.3 only one slow one"));
                 }
             });
-            return Outcome::Deferred;
+            return deferred;
         }
         Outcome::Accept
     }
@@ -716,8 +725,9 @@ impl SmtpServer for Extended {
             // NOOP answered later, from a thread.
             "NOOP" if request.arg == "slow" => {
                 let ticket = cx.defer();
+                let deferred = Outcome::deferred(&ticket);
                 thread::spawn(move || ticket.complete(Reply::new(250, "slow noop")));
-                Outcome::Deferred
+                deferred
             }
             // Anything else: the built-in behaviour.
             _ => Outcome::Accept,
@@ -785,15 +795,30 @@ fn custom_commands_overrides_ehlo_editing_and_connect_refusal() {
 fn serve<S: SmtpServer>(
     make: impl FnOnce() -> S + Send + 'static,
 ) -> (SocketAddr, StopHandle, thread::JoinHandle<()>) {
+    serve_backend(move || Rc::new(RefCell::new(make())))
+}
+
+/// As [`serve`], for any [`Backend`].
+fn serve_backend<B: Backend>(
+    make: impl FnOnce() -> B + Send + 'static,
+) -> (SocketAddr, StopHandle, thread::JoinHandle<()>) {
+    serve_backend_with(options(), make)
+}
+
+/// As [`serve_backend`], with `options`.
+fn serve_backend_with<B: Backend>(
+    options: ServerOptions,
+    make: impl FnOnce() -> B + Send + 'static,
+) -> (SocketAddr, StopHandle, thread::JoinHandle<()>) {
     let (ready_tx, ready_rx) = mpsc::channel();
     let runner = thread::spawn(move || {
         let mut reactor = Reactor::new().unwrap();
-        let server = Rc::new(RefCell::new(make()));
+        let server = make();
         let l = Listener::bind(
             &mut reactor,
             "127.0.0.1:0".parse().unwrap(),
             server,
-            options(),
+            options,
         )
         .unwrap();
         reactor.add(Watchdog(Duration::from_secs(30))).unwrap();
@@ -823,8 +848,9 @@ impl SmtpServer for Doorman {
             "spammer.example" => Outcome::Reply(Reply::new(550, "5.7.1 go away")),
             "slow.example" if request.extended => {
                 let ticket = cx.defer();
+                let deferred = Outcome::deferred(&ticket);
                 thread::spawn(move || ticket.complete(Reply::new(250, "slow.example welcome")));
-                Outcome::Deferred
+                deferred
             }
             _ => Outcome::Accept,
         }
@@ -849,6 +875,274 @@ fn on_helo_refuses_defers_or_keeps_cpythons_greeting_replies() {
     assert_eq!(d.cmd("HELO"), "501 Syntax: HELO hostname");
     assert_eq!(d.cmd("HELO fine.example"), "250 test.example");
     assert_eq!(d.cmd("HELO again.example"), "503 Duplicate HELO/EHLO");
+    stop.stop();
+    runner.join().unwrap();
+}
+
+/// Opens a [`Counted`] session per connection; each reports its count when it closes.
+struct Counting {
+    closed: mpsc::Sender<(String, usize)>,
+}
+
+/// One connection: numbers its messages and remembers the HELO name, in the session value.
+struct Counted {
+    closed: mpsc::Sender<(String, usize)>,
+    helo: String,
+    messages: usize,
+}
+
+impl Backend for Counting {
+    fn open_session(&mut self, _peer: SocketAddr) -> Box<dyn SmtpSession> {
+        Box::new(Counted {
+            closed: self.closed.clone(),
+            helo: String::new(),
+            messages: 0,
+        })
+    }
+}
+
+impl SmtpSession for Counted {
+    fn on_helo(
+        &mut self,
+        request: &smtpd::server::HeloRequest<'_>,
+        _cx: &mut ServerCtx<'_, '_>,
+    ) -> Outcome {
+        self.helo = request.name.to_string();
+        Outcome::Accept
+    }
+
+    fn process_message(&mut self, _message: &Message, _cx: &mut ServerCtx<'_, '_>) -> Outcome {
+        self.messages += 1;
+        Outcome::Reply(Reply::new(
+            250,
+            format!("message {} from {}", self.messages, self.helo),
+        ))
+    }
+
+    fn on_disconnect(&mut self, _cx: &mut ServerCtx<'_, '_>) {
+        let _ = self.closed.send((self.helo.clone(), self.messages));
+    }
+}
+
+fn send_one(c: &mut Client) -> String {
+    assert_eq!(c.cmd("MAIL FROM:<a@example.com>"), "250 OK");
+    assert_eq!(c.cmd("RCPT TO:<b@example.com>"), "250 OK");
+    assert_eq!(c.cmd("DATA"), "354 End data with <CR><LF>.<CR><LF>");
+    c.send("hi\r\n.\r\n");
+    c.line()
+}
+
+#[test]
+fn each_connection_has_its_own_session_value() {
+    let (closed_tx, closed) = mpsc::channel();
+    let (addr, stop, runner) = serve_backend(move || Counting { closed: closed_tx });
+    let mut a = Client::greeted(addr);
+    let mut b = Client::greeted(addr);
+    assert_eq!(a.cmd("HELO a.example"), "250 test.example");
+    assert_eq!(b.cmd("HELO b.example"), "250 test.example");
+    // Interleaved: each connection counts its own messages.
+    assert_eq!(send_one(&mut a), "250 message 1 from a.example");
+    assert_eq!(send_one(&mut b), "250 message 1 from b.example");
+    assert_eq!(send_one(&mut a), "250 message 2 from a.example");
+    assert_eq!(a.cmd("QUIT"), "221 Bye");
+    assert_eq!(
+        closed.recv_timeout(Duration::from_secs(5)).unwrap(),
+        ("a.example".to_string(), 2)
+    );
+    drop(b);
+    assert_eq!(
+        closed.recv_timeout(Duration::from_secs(5)).unwrap(),
+        ("b.example".to_string(), 1)
+    );
+    // A new connection starts from a fresh session.
+    let mut c = Client::greeted(addr);
+    assert_eq!(c.cmd("HELO c.example"), "250 test.example");
+    assert_eq!(send_one(&mut c), "250 message 1 from c.example");
+    stop.stop();
+    runner.join().unwrap();
+}
+
+/// Decides each connection in `on_connect`, later, from a worker thread: the `n`th connection
+/// gets the `n`th verdict (`None`: drop the ticket unanswered).
+struct Gate {
+    verdicts: Rc<RefCell<Vec<Option<Reply>>>>,
+}
+
+struct Gated {
+    verdict: Option<Option<Reply>>,
+}
+
+impl Backend for Gate {
+    fn open_session(&mut self, _peer: SocketAddr) -> Box<dyn SmtpSession> {
+        let verdict = Some(self.verdicts.borrow_mut().remove(0));
+        Box::new(Gated { verdict })
+    }
+}
+
+impl SmtpSession for Gated {
+    fn on_connect(&mut self, _peer: SocketAddr, cx: &mut ServerCtx<'_, '_>) -> Outcome {
+        let ticket = cx.defer();
+        let deferred = Outcome::deferred(&ticket);
+        let verdict = self.verdict.take().expect("on_connect runs once");
+        thread::spawn(move || {
+            thread::sleep(Duration::from_millis(30));
+            match verdict {
+                Some(reply) => ticket.complete(reply),
+                None => drop(ticket),
+            }
+        });
+        deferred
+    }
+
+    fn process_message(&mut self, _message: &Message, _cx: &mut ServerCtx<'_, '_>) -> Outcome {
+        Outcome::Accept
+    }
+}
+
+#[test]
+fn on_connect_may_defer_then_greet_or_refuse() {
+    let verdicts = vec![
+        Some(Reply::ok()),
+        Some(Reply::new(220, "test.example ESMTP checked and welcome")),
+        Some(Reply::new(554, "5.7.1 listed at a blocklist")),
+        None,
+    ];
+    let (addr, stop, runner) = serve_backend(move || Gate {
+        verdicts: Rc::new(RefCell::new(verdicts)),
+    });
+    // Accepted (250 OK, as Ticket::accept gives): the default greeting. A command the client
+    // sent before the greeting waits for it, and is then answered.
+    let mut c = Client::connect(addr);
+    c.send("NOOP\r\n");
+    let greeting = c.line();
+    assert!(greeting.starts_with("220 test.example "), "{greeting}");
+    assert_eq!(c.line(), "250 OK");
+    assert_eq!(c.cmd("HELO me"), "250 test.example");
+    drop(c);
+    // A 2xx reply greets with its own text, and the session goes on.
+    let mut c = Client::connect(addr);
+    assert_eq!(c.line(), "220 test.example ESMTP checked and welcome");
+    assert_eq!(c.cmd("HELO me"), "250 test.example");
+    drop(c);
+    // Anything else is sent instead of the greeting, and the connection closes.
+    let mut c = Client::connect(addr);
+    assert_eq!(c.line(), "554 5.7.1 listed at a blocklist");
+    assert!(c.at_eof());
+    // A ticket dropped unanswered: 421, closed (451 is no greeting).
+    let mut c = Client::connect(addr);
+    assert_eq!(
+        c.line(),
+        "421 test.example Service not available, closing transmission channel"
+    );
+    assert!(c.at_eof());
+    stop.stop();
+    runner.join().unwrap();
+}
+
+#[test]
+fn a_greeting_chosen_by_a_deferred_on_connect_waits_for_the_greeting_delay() {
+    let mut o = options();
+    o.greeting_delay = Some(Duration::from_millis(150));
+    let verdicts = vec![
+        Some(Reply::new(220, "test.example ESMTP after a pause")),
+        Some(Reply::new(220, "test.example ESMTP after a pause")),
+    ];
+    let (addr, stop, runner) = serve_backend_with(o, move || Gate {
+        verdicts: Rc::new(RefCell::new(verdicts)),
+    });
+    let started = Instant::now();
+    let mut c = Client::connect(addr);
+    assert_eq!(c.line(), "220 test.example ESMTP after a pause");
+    assert!(started.elapsed() >= Duration::from_millis(150));
+    assert_eq!(c.cmd("HELO me"), "250 test.example");
+    // Talking during the delay (after the decision came) is still refused.
+    let mut early = Client::connect(addr);
+    thread::sleep(Duration::from_millis(60));
+    early.send("HELO me\r\n");
+    assert_eq!(
+        early.line(),
+        "554 5.5.0 test.example Error: talked before the greeting"
+    );
+    stop.stop();
+    runner.join().unwrap();
+}
+
+/// Keeps the ticket of `MAIL` and returns its deferral from `RCPT`, a later hook call.
+struct StaleDeferral {
+    kept: Option<Ticket>,
+}
+
+impl SmtpSession for StaleDeferral {
+    fn on_mail(
+        &mut self,
+        _request: &smtpd::server::AddressRequest<'_>,
+        cx: &mut ServerCtx<'_, '_>,
+    ) -> Outcome {
+        self.kept = Some(cx.defer());
+        Outcome::Accept
+    }
+
+    fn on_rcpt(
+        &mut self,
+        request: &smtpd::server::AddressRequest<'_>,
+        cx: &mut ServerCtx<'_, '_>,
+    ) -> Outcome {
+        let kept = self.kept.as_ref().expect("MAIL came first");
+        if request.address.starts_with("fresh") {
+            // A new ticket, but the old one's deferral: still not this call's.
+            let _ticket = cx.defer();
+        }
+        Outcome::deferred(kept)
+    }
+
+    fn process_message(&mut self, _message: &Message, _cx: &mut ServerCtx<'_, '_>) -> Outcome {
+        Outcome::Accept
+    }
+}
+
+struct StaleBackend;
+
+impl Backend for StaleBackend {
+    fn open_session(&mut self, _peer: SocketAddr) -> Box<dyn SmtpSession> {
+        Box::new(StaleDeferral { kept: None })
+    }
+}
+
+#[test]
+fn a_deferral_from_an_older_ticket_answers_451() {
+    let (addr, stop, runner) = serve_backend(|| StaleBackend);
+    let mut c = Client::greeted(addr);
+    assert_eq!(c.cmd("HELO me"), "250 test.example");
+    assert_eq!(c.cmd("MAIL FROM:<a@example.com>"), "250 OK");
+    let local_error = "451 Requested action aborted: local error in processing";
+    assert_eq!(c.cmd("RCPT TO:<b@example.com>"), local_error);
+    assert_eq!(c.cmd("RCPT TO:<fresh@example.com>"), local_error);
+    // The connection is not stuck waiting for a ticket.
+    assert_eq!(c.cmd("NOOP"), "250 OK");
+    stop.stop();
+    runner.join().unwrap();
+}
+
+/// Panics when asked for a session.
+struct Broken;
+
+impl Backend for Broken {
+    fn open_session(&mut self, _peer: SocketAddr) -> Box<dyn SmtpSession> {
+        panic!("no session today")
+    }
+}
+
+#[test]
+fn a_panic_in_open_session_refuses_that_connection_only() {
+    let (addr, stop, runner) = serve_backend(|| Broken);
+    for _ in 0..2 {
+        let mut c = Client::connect(addr);
+        assert_eq!(
+            c.line(),
+            "421 Service not available, closing transmission channel"
+        );
+        assert!(c.at_eof());
+    }
     stop.stop();
     runner.join().unwrap();
 }

@@ -17,8 +17,8 @@ use std::rc::Rc;
 use std::time::Duration;
 
 use crate::reactor::Reactor;
-use crate::server::{Listener, ServerOptions, Shutdown, SmtpServer};
-use crate::servers::mailman::{Backend, LmtpAddr, Mailman2};
+use crate::server::{Backend, Listener, ServerOptions, Shutdown};
+use crate::servers::mailman::{LmtpAddr, Mailman2, MailmanVersion};
 use crate::servers::{
     DebuggingServer, MailmanOptions, MailmanProxy, ProxyOptions, PureProxy, RelayMode, Sink,
 };
@@ -46,10 +46,7 @@ pub struct ClassArgs<'a> {
 /// or return a message with `"...".into()`).
 pub type ClassError = Box<dyn std::error::Error>;
 
-/// A shared server, as [`Listener::bind`] takes it.
-pub type SharedServer = Rc<RefCell<dyn SmtpServer>>;
-
-type Factory = Box<dyn Fn(&ClassArgs<'_>) -> Result<SharedServer, ClassError>>;
+type Factory = Box<dyn Fn(&ClassArgs<'_>) -> Result<Box<dyn Backend>, ClassError>>;
 
 /// The server classes `-c NAME` can choose from.
 pub struct Classes {
@@ -66,25 +63,25 @@ impl Classes {
             Ok(Rc::new(RefCell::new(DebuggingServer::new())))
         });
         classes.register("Sink", |_| Ok(Rc::new(RefCell::new(Sink::default()))));
-        classes.register("PureProxy", |args| {
-            Ok(Rc::new(RefCell::new(pure_proxy(args)?)))
-        });
-        classes.register("MailmanProxy", |args| {
-            Ok(Rc::new(RefCell::new(mailman_proxy(args)?)))
-        });
+        classes.register("PureProxy", |args| Ok(pure_proxy(args)?));
+        classes.register("MailmanProxy", |args| Ok(mailman_proxy(args)?));
         classes
     }
 
-    /// Adds (or replaces) a class under `name`. The factory runs once, at start-up, after
-    /// the command line was parsed and before the listener binds; its error ends the program
-    /// with status 1 and the error's message on stderr.
-    pub fn register(
+    /// Adds (or replaces) a class under `name`: `factory` builds its [`Backend`] (an
+    /// `Rc<RefCell<S>>` of an [`SmtpServer`](crate::server::SmtpServer), or any other). The
+    /// factory runs once, at start-up, after the command line was parsed and before the
+    /// listener binds; its error ends the program with status 1 and the error's message on
+    /// stderr.
+    pub fn register<B: Backend>(
         &mut self,
         name: &str,
-        factory: impl Fn(&ClassArgs<'_>) -> Result<SharedServer, ClassError> + 'static,
+        factory: impl Fn(&ClassArgs<'_>) -> Result<B, ClassError> + 'static,
     ) {
         self.entries.retain(|(n, _)| n != name);
-        self.entries.push((name.to_string(), Box::new(factory)));
+        let factory: Factory =
+            Box::new(move |args| factory(args).map(|b| Box::new(b) as Box<dyn Backend>));
+        self.entries.push((name.to_string(), factory));
     }
 
     /// The names of the classes, in the order they were registered.
@@ -92,7 +89,7 @@ impl Classes {
         self.entries.iter().map(|(n, _)| n.as_str()).collect()
     }
 
-    fn build(&self, name: &str, args: &ClassArgs<'_>) -> Result<SharedServer, ClassError> {
+    fn build(&self, name: &str, args: &ClassArgs<'_>) -> Result<Box<dyn Backend>, ClassError> {
         match self.entries.iter().find(|(n, _)| n == name) {
             Some((_, factory)) => factory(args),
             None => Err(format!(
@@ -160,22 +157,24 @@ fn mailman_proxy(args: &ClassArgs<'_>) -> Result<MailmanProxy, String> {
         (Some(_), Some(_)) => {
             return Err("Give --mailman-lmtp or --mailman2-prefix, not both".into());
         }
-        (Some(prefix), None) => Backend::Mailman2(Mailman2::at(prefix)),
-        (None, Some(LmtpTarget::Unix(path))) => Backend::Mailman3(LmtpAddr::Unix(path.clone())),
+        (Some(prefix), None) => MailmanVersion::Mailman2(Mailman2::at(prefix)),
+        (None, Some(LmtpTarget::Unix(path))) => {
+            MailmanVersion::Mailman3(LmtpAddr::Unix(path.clone()))
+        }
         (None, Some(target @ LmtpTarget::Tcp { host, port })) => {
             let addr = resolve(host, *port)
                 .ok_or_else(|| format!("Cannot resolve Mailman LMTP address: {target}"))?;
-            Backend::Mailman3(LmtpAddr::Tcp(addr))
+            MailmanVersion::Mailman3(LmtpAddr::Tcp(addr))
         }
-        (None, None) => Backend::default(),
+        (None, None) => MailmanVersion::default(),
     };
     let target = match &backend {
-        Backend::Mailman2(mm2) => format!("Mailman 2's wrapper {}", mm2.wrapper.display()),
-        Backend::Mailman3(lmtp) => format!("Mailman 3 at {lmtp}"),
+        MailmanVersion::Mailman2(mm2) => format!("Mailman 2's wrapper {}", mm2.wrapper.display()),
+        MailmanVersion::Mailman3(lmtp) => format!("Mailman 3 at {lmtp}"),
     };
     let mut options = MailmanOptions {
         proxy: relay_options(o),
-        backend,
+        mailman: backend,
         suffixes: o.mailman_suffixes.unwrap_or_default(),
         mailman_domain: o.mailman_domain.clone(),
         ..MailmanOptions::default()
@@ -365,10 +364,13 @@ mod tests {
             ["DebuggingServer", "Sink", "PureProxy", "MailmanProxy"]
         );
         // A factory can use `?` on any error type.
-        classes.register("Sink", |_| {
-            let port: u16 = "not a port".parse()?;
-            Err(format!("unreachable: {port}").into())
-        });
+        classes.register(
+            "Sink",
+            |_| -> Result<Rc<RefCell<crate::servers::Sink>>, ClassError> {
+                let port: u16 = "not a port".parse()?;
+                Err(format!("unreachable: {port}").into())
+            },
+        );
         assert_eq!(
             classes.available(),
             ["DebuggingServer", "PureProxy", "MailmanProxy", "Sink"]

@@ -3,7 +3,6 @@
 //! reply → chat.
 
 use std::any::Any;
-use std::cell::RefCell;
 use std::net::SocketAddr;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::rc::Rc;
@@ -12,7 +11,7 @@ use std::time::{Duration, Instant};
 use super::shared::{ChannelShutdown, ConnectionGuard, DataBudget, ListenerShared};
 use super::{
     local_error, AddressRequest, CommandRequest, Completion, HeloRequest, Outcome, ServerCtx,
-    SmtpServer,
+    SmtpSession,
 };
 use crate::chat::{ChatCtl, ChatHandler};
 use crate::reactor::{Ctx, TimerId};
@@ -34,13 +33,23 @@ enum Phase {
     Closing,
 }
 
+/// What a decision is about, as far as the channel cares.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Kind {
+    /// Whether to greet: a failure to decide is `421` and a close, not `451`.
+    Connect,
+    /// A message: its verdict is logged at `info`.
+    Message,
+    /// Anything else.
+    Command,
+}
+
 /// A decision handed to the server and not answered yet.
 struct Deferred {
     ticket: u64,
     timer: TimerId,
     summary: String,
-    /// The decision is on a message (its verdict is logged at `info`).
-    message: bool,
+    kind: Kind,
 }
 
 /// The clock of a DATA phase: silence and minimum-rate deadlines.
@@ -54,7 +63,9 @@ struct DataClock {
 /// The protocol half of one SMTP connection (Python's `SMTPChannel`).
 pub(crate) struct SmtpChannel {
     receiver: Receiver,
-    server: Rc<RefCell<dyn SmtpServer>>,
+    /// The connection's session (its hooks), opened by the listener's backend in `on_start`
+    /// and dropped after `on_disconnect`.
+    hooks: Option<Box<dyn SmtpSession>>,
     shared: Rc<ListenerShared>,
     /// Released on drop: connection and per-address counts.
     guard: ConnectionGuard,
@@ -69,7 +80,6 @@ pub(crate) struct SmtpChannel {
 
 impl SmtpChannel {
     pub(crate) fn new(
-        server: Rc<RefCell<dyn SmtpServer>>,
         shared: Rc<ListenerShared>,
         guard: ConnectionGuard,
         peer: SocketAddr,
@@ -78,7 +88,7 @@ impl SmtpChannel {
         let budget = DataBudget::new(shared.clone());
         SmtpChannel {
             receiver: Receiver::new(session).with_budget(Box::new(budget)),
-            server,
+            hooks: None,
             shared,
             guard,
             phase: Phase::Smtp,
@@ -121,7 +131,7 @@ impl SmtpChannel {
                 match output {
                     Output::Reply(reply) => self.push_reply(chat, &reply),
                     Output::Decide(request) => self.decide(request, chat, ctx),
-                    Output::Reset => self.notify_server(ctx, |server, cx| server.on_reset(cx)),
+                    Output::Reset => self.notify_session(ctx, |session, cx| session.on_reset(cx)),
                     Output::Close => {
                         chat.close_when_done();
                         self.phase = Phase::Closing;
@@ -215,16 +225,16 @@ impl SmtpChannel {
         self.close_with(chat, &reply);
     }
 
-    fn notify_server(
+    fn notify_session(
         &mut self,
         ctx: &mut Ctx<'_>,
-        call: impl FnOnce(&mut dyn SmtpServer, &mut ServerCtx<'_, '_>),
+        call: impl FnOnce(&mut dyn SmtpSession, &mut ServerCtx<'_, '_>),
     ) {
-        let server = self.server.clone();
+        let Some(hooks) = self.hooks.as_deref_mut() else {
+            return;
+        };
         let mut scx = ServerCtx::new(ctx);
-        let result = catch_unwind(AssertUnwindSafe(|| {
-            call(&mut *server.borrow_mut(), &mut scx)
-        }));
+        let result = catch_unwind(AssertUnwindSafe(|| call(hooks, &mut scx)));
         if result.is_err() {
             log::error!(
                 "{}: the server panicked in a notification hook",
@@ -244,10 +254,20 @@ impl SmtpChannel {
         )
     }
 
-    /// Asks the server to decide a request, and answers it at once unless it defers.
+    /// Asks the session's hooks to decide a request, and answers it at once unless it
+    /// defers.
     fn decide(&mut self, request: Request, chat: &mut ChatCtl, ctx: &mut Ctx<'_>) {
         let peer = self.peer();
-        let server = self.server.clone();
+        let kind = match request {
+            Request::Connect => Kind::Connect,
+            Request::Message(_) => Kind::Message,
+            _ => Kind::Command,
+        };
+        let Some(hooks) = self.hooks.as_deref_mut() else {
+            // No session (it could not be opened): nothing can be decided.
+            let summary = format!("{peer} without a session");
+            return self.finish(kind, Decision::Reply(local_error()), &summary);
+        };
         let session = self.receiver.session();
         let helo = session.helo();
         let envelope = session.envelope();
@@ -255,12 +275,7 @@ impl SmtpChannel {
         let (summary, outcome): (Box<dyn Fn() -> String + '_>, _) = match &request {
             Request::Connect => {
                 let summary = move || format!("{peer} connect");
-                let outcome = Self::call_server(&summary, ctx, |cx| {
-                    match server.borrow_mut().on_connect(peer, cx) {
-                        None => Outcome::Accept,
-                        Some(reply) => Outcome::Reply(reply),
-                    }
-                });
+                let outcome = call_hook(&summary, ctx, |cx| hooks.on_connect(peer, cx));
                 (Box::new(summary), outcome)
             }
             Request::Helo(check) => {
@@ -270,9 +285,7 @@ impl SmtpChannel {
                     name: &check.name,
                     extended: check.extended,
                 };
-                let outcome = Self::call_server(&summary, ctx, |cx| {
-                    server.borrow_mut().on_helo(&request, cx)
-                });
+                let outcome = call_hook(&summary, ctx, |cx| hooks.on_helo(&request, cx));
                 (Box::new(summary), outcome)
             }
             Request::Mail(check) | Request::Rcpt(check) => {
@@ -290,12 +303,11 @@ impl SmtpChannel {
                     mail_options: envelope.map_or(&check.options, |e| &e.mail_options),
                     rcpt_tos: envelope.map_or(&empty, |e| &e.rcpt_tos),
                 };
-                let outcome = Self::call_server(&summary, ctx, |cx| {
-                    let mut server = server.borrow_mut();
+                let outcome = call_hook(&summary, ctx, |cx| {
                     if mail {
-                        server.on_mail(&request, cx)
+                        hooks.on_mail(&request, cx)
                     } else {
-                        server.on_rcpt(&request, cx)
+                        hooks.on_rcpt(&request, cx)
                     }
                 });
                 (Box::new(summary), outcome)
@@ -308,23 +320,18 @@ impl SmtpChannel {
                     verb: &check.verb,
                     arg: &check.arg,
                 };
-                let outcome = Self::call_server(&summary, ctx, |cx| {
-                    server.borrow_mut().on_command(&request, cx)
-                });
+                let outcome = call_hook(&summary, ctx, |cx| hooks.on_command(&request, cx));
                 (Box::new(summary), outcome)
             }
             Request::Message(message) => {
                 let summary = move || Self::summary(peer, message);
-                let outcome = Self::call_server(&summary, ctx, |cx| {
-                    server.borrow_mut().process_message(message, cx)
-                });
+                let outcome = call_hook(&summary, ctx, |cx| hooks.process_message(message, cx));
                 (Box::new(summary), outcome)
             }
         };
-        let message = matches!(request, Request::Message(_));
         let summary = &*summary;
         match outcome {
-            (Outcome::Deferred, Some(ticket)) => {
+            (Outcome::Deferred(deferral), Some(ticket)) if deferral.id == ticket => {
                 let summary = summary();
                 chat.pause();
                 if let Some(idle) = self.idle.take() {
@@ -335,51 +342,51 @@ impl SmtpChannel {
                     ticket,
                     timer,
                     summary,
-                    message,
+                    kind,
                 });
             }
-            (Outcome::Deferred, None) => {
-                log::error!(
-                    "{}: Outcome::Deferred without ServerCtx::defer; answering 451",
-                    summary()
-                );
+            (Outcome::Deferred(_), _) => {
                 let summary = summary();
-                self.finish(message, Decision::Reply(local_error()), &summary);
+                log::error!(
+                    "{summary}: Outcome::Deferred with a ticket this hook call did not obtain \
+                     from ServerCtx::defer; answering 451",
+                );
+                self.finish(kind, Decision::Reply(local_error()), &summary);
             }
             (Outcome::Accept, _) => {
                 let summary = summary();
-                self.finish(message, Decision::Default, &summary);
+                self.finish(kind, Decision::Default, &summary);
             }
             (Outcome::Reply(reply), _) => {
                 let summary = summary();
-                self.finish(message, Decision::Reply(reply), &summary);
+                self.finish(kind, Decision::Reply(reply), &summary);
             }
         }
     }
 
-    /// Calls into the server under `catch_unwind`; a panic becomes `451`.
-    fn call_server(
-        summary: &dyn Fn() -> String,
-        ctx: &mut Ctx<'_>,
-        call: impl FnOnce(&mut ServerCtx<'_, '_>) -> Outcome,
-    ) -> (Outcome, Option<u64>) {
-        let mut scx = ServerCtx::new(ctx);
-        let result = catch_unwind(AssertUnwindSafe(|| call(&mut scx)));
-        let issued = scx.issued();
-        let outcome = result.unwrap_or_else(|_| {
-            log::error!("{}: the server panicked; answering 451", summary());
-            Outcome::Reply(local_error())
-        });
-        (outcome, issued)
-    }
-
     /// Gives the session the decision it waits for.
-    fn finish(&mut self, message: bool, decision: Decision, summary: &str) {
+    fn finish(&mut self, kind: Kind, mut decision: Decision, summary: &str) {
+        if kind == Kind::Connect {
+            decision = match decision {
+                // `250 OK` (`Outcome::Accept`, `Ticket::accept`) greets with the default line.
+                Decision::Reply(reply) if reply == Reply::ok() => Decision::Default,
+                // A panic, a dropped or stale ticket, the deadline: 451 is no greeting code.
+                Decision::Reply(reply) if reply == local_error() => {
+                    Decision::Reply(self.closing_reply())
+                }
+                other => other,
+            };
+            if let Decision::Reply(reply) = &decision {
+                if reply.code / 100 != 2 {
+                    log::info!("{}: refused at connect: {}", self.peer(), reply.code);
+                }
+            }
+        }
         let code = match &decision {
             Decision::Reply(reply) => reply.code,
             _ => 250,
         };
-        if message && log::log_enabled!(log::Level::Info) {
+        if kind == Kind::Message && log::log_enabled!(log::Level::Info) {
             log::info!("{summary} -> {code}");
         } else if log::log_enabled!(log::Level::Debug) {
             log::debug!("{summary} -> {code}");
@@ -401,7 +408,7 @@ impl SmtpChannel {
             );
             local_error()
         });
-        self.finish(deferred.message, Decision::Reply(reply), &deferred.summary);
+        self.finish(deferred.kind, Decision::Reply(reply), &deferred.summary);
         self.resume(chat, ctx);
     }
 
@@ -470,6 +477,23 @@ impl SmtpChannel {
     }
 }
 
+/// Calls a hook under `catch_unwind`; a panic becomes `451`. Returns the outcome and the
+/// ticket the hook obtained, if any.
+fn call_hook(
+    summary: &dyn Fn() -> String,
+    ctx: &mut Ctx<'_>,
+    call: impl FnOnce(&mut ServerCtx<'_, '_>) -> Outcome,
+) -> (Outcome, Option<u64>) {
+    let mut scx = ServerCtx::new(ctx);
+    let result = catch_unwind(AssertUnwindSafe(|| call(&mut scx)));
+    let issued = scx.issued();
+    let outcome = result.unwrap_or_else(|_| {
+        log::error!("{}: the server panicked; answering 451", summary());
+        Outcome::Reply(local_error())
+    });
+    (outcome, issued)
+}
+
 impl ChatHandler for SmtpChannel {
     fn collect_incoming_data(&mut self, _data: &[u8]) {
         unreachable!("the SMTP channel takes raw input");
@@ -518,8 +542,21 @@ impl ChatHandler for SmtpChannel {
     }
 
     fn on_start(&mut self, chat: &mut ChatCtl, ctx: &mut Ctx<'_>) {
-        log::debug!("{} connected", self.peer());
+        let peer = self.peer();
+        log::debug!("{peer} connected");
         self.guard.register(ctx.handle());
+        let shared = self.shared.clone();
+        let opened = catch_unwind(AssertUnwindSafe(|| {
+            shared.backend.borrow_mut().open_session(peer)
+        }));
+        match opened {
+            Ok(hooks) => self.hooks = Some(hooks),
+            Err(_) => {
+                log::error!("{peer}: open_session panicked; refusing the connection");
+                let reply = Reply::new(421, "Service not available, closing transmission channel");
+                return self.close_with(chat, &reply);
+            }
+        }
         if let Some(delay) = self.shared.options.greeting_delay {
             self.phase = Phase::GreetingDelay {
                 timer: ctx.set_timer(delay),
@@ -558,7 +595,7 @@ impl ChatHandler for SmtpChannel {
                 deferred.summary
             );
             self.finish(
-                deferred.message,
+                deferred.kind,
                 Decision::Reply(local_error()),
                 &deferred.summary,
             );
@@ -604,8 +641,10 @@ impl ChatHandler for SmtpChannel {
             ctx.cancel_timer(timer);
         }
         if self.receiver.session().in_transaction() {
-            self.notify_server(ctx, |server, cx| server.on_reset(cx));
+            self.notify_session(ctx, |session, cx| session.on_reset(cx));
         }
-        self.notify_server(ctx, |server, cx| server.on_disconnect(cx));
+        self.notify_session(ctx, |session, cx| session.on_disconnect(cx));
+        // The session value (and what it holds: relay legs) goes with the connection.
+        self.hooks = None;
     }
 }

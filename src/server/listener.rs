@@ -1,7 +1,6 @@
 //! [`Listener`]: the accepting half of `smtpd.SMTPServer`, and graceful shutdown.
 
 use std::any::Any;
-use std::cell::RefCell;
 use std::io::{self, Write};
 use std::net::{IpAddr, SocketAddr};
 use std::rc::Rc;
@@ -13,7 +12,7 @@ use mio::Interest;
 
 use super::channel::SmtpChannel;
 use super::shared::{ChannelShutdown, ConnectionGuard, ListenerShared};
-use super::{ServerOptions, SmtpServer};
+use super::{Backend, ServerOptions};
 use crate::chat::ChatDispatcher;
 use crate::reactor::{Acceptor, AcceptorOptions, Ctx, Dispatcher, Handle, Reactor, TimerId};
 use crate::smtp::Config;
@@ -32,9 +31,11 @@ pub struct Shutdown {
 
 type AcceptFn = Box<dyn FnMut(TcpStream, SocketAddr, &mut Ctx<'_>)>;
 
-/// A listening SMTP server: accepts connections and runs an SMTP channel for each, all handing
-/// their messages to one [`SmtpServer`]. Several listeners (with the same or different servers)
-/// can share one reactor, as asyncore servers shared one socket map.
+/// A listening SMTP server: accepts connections and runs an SMTP channel for each, with a
+/// session its [`Backend`] opens (for an `Rc<RefCell<S>>` of an
+/// [`SmtpServer`](super::SmtpServer), all handing their messages to that one server). Several
+/// listeners (with the same or different servers) can share one reactor, as asyncore servers
+/// shared one socket map.
 pub struct Listener {
     handle: Handle,
     local_addr: SocketAddr,
@@ -43,7 +44,9 @@ pub struct Listener {
 
 impl Listener {
     /// Binds `addr` (port 0 picks a free port) with a listen backlog of
-    /// [`ServerOptions::backlog`] and starts serving on `reactor`.
+    /// [`ServerOptions::backlog`] and starts serving `server` on `reactor`: an
+    /// `Rc<RefCell<S>>` of an [`SmtpServer`](super::SmtpServer) (also `dyn SmtpServer`), or any
+    /// other [`Backend`].
     ///
     /// # Errors
     /// When the address cannot be bound, or `options.session` is inconsistent
@@ -51,7 +54,7 @@ impl Listener {
     pub fn bind(
         reactor: &mut Reactor,
         addr: SocketAddr,
-        server: Rc<RefCell<dyn SmtpServer>>,
+        server: impl Backend,
         options: ServerOptions,
     ) -> io::Result<Listener> {
         let listener = crate::reactor::bind_tcp(addr, options.backlog)?;
@@ -67,7 +70,16 @@ impl Listener {
     pub fn adopt(
         reactor: &mut Reactor,
         listener: TcpListener,
-        server: Rc<RefCell<dyn SmtpServer>>,
+        server: impl Backend,
+        options: ServerOptions,
+    ) -> io::Result<Listener> {
+        Listener::adopt_backend(reactor, listener, Box::new(server), options)
+    }
+
+    fn adopt_backend(
+        reactor: &mut Reactor,
+        listener: TcpListener,
+        server: Box<dyn Backend>,
         options: ServerOptions,
     ) -> io::Result<Listener> {
         options
@@ -85,7 +97,6 @@ impl Listener {
             ..options.session.clone()
         };
         {
-            let server = server.borrow();
             // HELO and EHLO listed here go to on_command instead of on_helo.
             config.custom_verbs = server.commands().iter().map(|v| v.to_uppercase()).collect();
             let default = crate::smtp::default_ehlo_keywords(&config);
@@ -95,7 +106,7 @@ impl Listener {
                 config.ehlo_keywords = Some(keywords);
             }
         }
-        let shared = Rc::new(ListenerShared::new(options, config));
+        let shared = Rc::new(ListenerShared::new(options, config, server));
         let accept_shared = shared.clone();
         let on_accept: AcceptFn = Box::new(move |mut stream, peer, ctx| {
             let shared = &accept_shared;
@@ -107,7 +118,7 @@ impl Listener {
             }
             let guard = ConnectionGuard::new(shared.clone(), ip);
             let _ = stream.set_nodelay(true);
-            let channel = SmtpChannel::new(server.clone(), shared.clone(), guard, peer);
+            let channel = SmtpChannel::new(shared.clone(), guard, peer);
             ctx.spawn(ChatDispatcher::with_options(
                 stream,
                 channel,

@@ -1,5 +1,15 @@
-//! `smtpd.SMTPServer`: the [`SmtpServer`] trait a user implements, the options of a listening
-//! server, deferred replies, and the [`Listener`] that accepts connections.
+//! `smtpd.SMTPServer`: the [`SmtpServer`] trait a user implements, the per-connection
+//! [`SmtpSession`]s a [`Backend`] opens (go-smtp's shape), the options of a listening server,
+//! deferred replies, and the [`Listener`] that accepts connections.
+//!
+//! Two ways to write a server, served by the same [`Listener`]:
+//!
+//! * **CPython's shape**: one [`SmtpServer`] value (shared as `Rc<RefCell<..>>`) gets every
+//!   connection's hooks. It only needs [`process_message`](SmtpServer::process_message).
+//! * **go-smtp's shape**: a [`Backend`] opens one [`SmtpSession`] value per connection, whose
+//!   hooks take `&mut self`: per-connection state is a field of the session, not a map keyed
+//!   by channel handle. `Rc<RefCell<S>>` for any `S: SmtpServer` is a [`Backend`] (each
+//!   session forwards to the shared server), so the first shape is a case of the second.
 //!
 //! ```no_run
 //! use std::cell::RefCell;
@@ -27,12 +37,15 @@
 
 mod channel;
 mod listener;
+mod session;
 mod shared;
 
 pub use crate::smtp::{Message, Reply};
 pub use listener::{Listener, Shutdown};
+pub use session::{Backend, SmtpSession};
 
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc;
 use std::time::Duration;
 
 use crate::chat::ChatOptions;
@@ -40,7 +53,8 @@ use crate::reactor::{Ctx, Handle, RemoteHandle};
 use crate::smtp::Config;
 use crate::sys::{fd_connection_limit, fqdn};
 
-/// What [`SmtpServer::process_message`] decides.
+/// What a hook ([`SmtpSession::process_message`], [`SmtpServer::process_message`], the
+/// MAIL/RCPT/HELO/command/connect hooks) decides.
 #[derive(Debug)]
 #[non_exhaustive]
 pub enum Outcome {
@@ -49,14 +63,22 @@ pub enum Outcome {
     /// Answer with this reply (Python's `return "550 No such user"`; [`Reply::parse`] reads
     /// such a string).
     Reply(Reply),
-    /// The answer comes later, through the [`Ticket`] obtained from [`ServerCtx::defer`].
-    /// Meanwhile the channel reads nothing more from the client and its idle timer is
+    /// The answer comes later, through the [`Ticket`] obtained from [`ServerCtx::defer`] in
+    /// this same hook call ([`Outcome::deferred`]; a [`Deferral`] can only be made from a
+    /// ticket). Meanwhile the channel reads nothing more from the client and its idle timer is
     /// suspended; if no answer arrives within [`ServerOptions::defer_timeout`], or the ticket is
-    /// dropped unanswered, the client gets `451` and may retry.
-    Deferred,
+    /// dropped unanswered, the client gets `451` and may retry. A deferral made from an older
+    /// ticket (not the one this hook call obtained) gets `451` at once, with an error logged.
+    Deferred(Deferral),
 }
 
 impl Outcome {
+    /// Defers the answer to `ticket` (obtained from [`ServerCtx::defer`] in this hook call):
+    /// `Outcome::Deferred(ticket.deferral())`.
+    pub fn deferred(ticket: &Ticket) -> Outcome {
+        Outcome::Deferred(ticket.deferral())
+    }
+
     /// An outcome from a Python-style reply string: `None` accepts, `Some("550 ...")` replies.
     /// A string that is not a well-formed reply line becomes `451` (a local error), so a bad
     /// return value never tells a client its mail was taken.
@@ -82,6 +104,11 @@ pub fn local_error() -> Reply {
 /// A server object: Python's `SMTPServer` subclass. One value serves every connection of the
 /// [`Listener`]s it is given to (shared as `Rc<RefCell<..>>`; the borrow never overlaps because
 /// reactor hooks never nest).
+///
+/// `Rc<RefCell<S>>` is a [`Backend`]: it opens, for each connection, a session that forwards
+/// every hook to the shared server. A server that keeps state per connection is simpler as a
+/// [`Backend`] with its own [`SmtpSession`] type (see [`SmtpSession`]'s example): the state is
+/// a field of the session, and no map keyed by [`ServerCtx::channel`] is needed.
 pub trait SmtpServer: 'static {
     /// A message was received: `process_message(peer, mailfrom, rcpttos, data, **kwargs)`.
     /// [`Message`] carries the peer, the envelope, the data and the MAIL/RCPT options.
@@ -120,7 +147,9 @@ pub trait SmtpServer: 'static {
     }
 
     /// A client connected. Return a reply (`554 No service for you`) to send it instead of
-    /// the greeting and close the connection; the default (`None`) greets it.
+    /// the greeting and close the connection; the default (`None`) greets it. A `2xx` reply
+    /// greets with its text instead of the default `220` line (as
+    /// [`SmtpSession::on_connect`]). To defer the decision, use a [`SmtpSession`].
     fn on_connect(
         &mut self,
         _peer: std::net::SocketAddr,
@@ -166,6 +195,18 @@ pub struct HeloRequest<'a> {
     pub extended: bool,
 }
 
+impl<'a> HeloRequest<'a> {
+    /// A `HELO name` (or, with `extended`, `EHLO name`) from `peer`: for testing hooks
+    /// without a socket.
+    pub fn new(peer: std::net::SocketAddr, name: &'a str, extended: bool) -> Self {
+        HeloRequest {
+            peer,
+            name,
+            extended,
+        }
+    }
+}
+
 /// A command for [`SmtpServer::on_command`].
 #[derive(Debug)]
 #[non_exhaustive]
@@ -178,6 +219,24 @@ pub struct CommandRequest<'a> {
     pub verb: &'a str,
     /// The rest of the line.
     pub arg: &'a str,
+}
+
+impl<'a> CommandRequest<'a> {
+    /// The command `verb arg` (`verb` upper-case) from `peer`, after `HELO helo` if given:
+    /// for testing hooks without a socket.
+    pub fn new(
+        peer: std::net::SocketAddr,
+        helo: Option<&'a str>,
+        verb: &'a str,
+        arg: &'a str,
+    ) -> Self {
+        CommandRequest {
+            peer,
+            helo,
+            verb,
+            arg,
+        }
+    }
 }
 
 /// A `MAIL FROM` or `RCPT TO` for [`SmtpServer::on_mail`] / [`SmtpServer::on_rcpt`].
@@ -201,46 +260,188 @@ pub struct AddressRequest<'a> {
     pub rcpt_tos: &'a [String],
 }
 
+impl<'a> AddressRequest<'a> {
+    /// A `MAIL FROM:<address>` with its parameters (upper-cased) from `peer`, opening a
+    /// transaction: for testing hooks without a socket. Add the HELO name with
+    /// [`with_helo`](Self::with_helo).
+    pub fn mail(peer: std::net::SocketAddr, address: &'a str, options: &'a [String]) -> Self {
+        AddressRequest {
+            peer,
+            helo: None,
+            mail_from: address,
+            address,
+            options,
+            mail_options: options,
+            rcpt_tos: &[],
+        }
+    }
+
+    /// A `RCPT TO:<address>` from `peer` in the transaction of `mail_from`, with no parameters
+    /// and no recipient accepted before it; the `with_*` methods add those.
+    pub fn rcpt(peer: std::net::SocketAddr, mail_from: &'a str, address: &'a str) -> Self {
+        AddressRequest {
+            peer,
+            helo: None,
+            mail_from,
+            address,
+            options: &[],
+            mail_options: &[],
+            rcpt_tos: &[],
+        }
+    }
+
+    /// The HELO/EHLO name the client gave.
+    pub fn with_helo(mut self, helo: &'a str) -> Self {
+        self.helo = Some(helo);
+        self
+    }
+
+    /// This command's parameters (upper-cased).
+    pub fn with_options(mut self, options: &'a [String]) -> Self {
+        self.options = options;
+        self
+    }
+
+    /// The transaction's MAIL parameters (upper-cased).
+    pub fn with_mail_options(mut self, mail_options: &'a [String]) -> Self {
+        self.mail_options = mail_options;
+        self
+    }
+
+    /// The recipients accepted before this one.
+    pub fn with_rcpt_tos(mut self, rcpt_tos: &'a [String]) -> Self {
+        self.rcpt_tos = rcpt_tos;
+        self
+    }
+}
+
 /// What a server hook may use besides the message: the reactor context (timers, spawning a
 /// relay) and deferral.
+///
+/// The listener's channels build it around their reactor context. For unit tests of hooks
+/// without a socket, [`ServerCtx::detached`] builds one around a [`DetachedCtx`]: deferral works
+/// (the tickets' answers go to the [`DetachedCtx`]), the reactor context does not exist
+/// ([`try_ctx`](Self::try_ctx) is `None`).
 pub struct ServerCtx<'a, 'b> {
-    ctx: &'a mut Ctx<'b>,
+    place: Place<'a, 'b>,
     issued: Option<u64>,
+}
+
+/// What a [`ServerCtx`] is attached to.
+enum Place<'a, 'b> {
+    Reactor(&'a mut Ctx<'b>),
+    Detached(&'a mut DetachedCtx),
 }
 
 static NEXT_TICKET: AtomicU64 = AtomicU64::new(1);
 
+/// The handle a detached context reports as its channel: it names no dispatcher.
+fn detached_handle() -> Handle {
+    Handle::new(u32::MAX as usize, u32::MAX)
+}
+
 impl<'a, 'b> ServerCtx<'a, 'b> {
     pub(crate) fn new(ctx: &'a mut Ctx<'b>) -> Self {
-        ServerCtx { ctx, issued: None }
+        ServerCtx {
+            place: Place::Reactor(ctx),
+            issued: None,
+        }
     }
 
-    /// Promises a later answer: return [`Outcome::Deferred`] and complete the ticket from the
-    /// loop or from any thread. At most one ticket per message; a second call replaces the
-    /// first (which then completes nothing).
+    /// Promises a later answer: return [`Outcome::deferred`]`(&ticket)` and complete the
+    /// ticket from the loop or from any thread. At most one ticket per hook call; a second
+    /// call replaces the first (whose deferral then gets `451`, and whose answer is ignored).
     pub fn defer(&mut self) -> Ticket {
         let id = NEXT_TICKET.fetch_add(1, Ordering::Relaxed);
         self.issued = Some(id);
+        let to = match &mut self.place {
+            Place::Reactor(ctx) => Delivery::Channel {
+                channel: ctx.handle(),
+                remote: ctx.remote(),
+            },
+            Place::Detached(detached) => {
+                detached.issued = Some(id);
+                Delivery::Local(detached.tx.clone())
+            }
+        };
         Ticket {
-            channel: self.ctx.handle(),
             id,
-            remote: self.ctx.remote(),
+            to,
             done: false,
         }
     }
 
     /// The reactor context of the channel: timers, spawn, notify.
+    ///
+    /// # Panics
+    /// In a [detached](Self::detached) context, which has no reactor: hooks that may run
+    /// detached use [`try_ctx`](Self::try_ctx).
     pub fn ctx(&mut self) -> &mut Ctx<'b> {
-        self.ctx
+        self.try_ctx().expect(
+            "ServerCtx::ctx: this context is detached from a reactor (ServerCtx::detached);              use ServerCtx::try_ctx",
+        )
     }
 
-    /// The handle of the channel the message arrived on.
+    /// The reactor context of the channel, or `None` in a [detached](Self::detached) context
+    /// (a unit test): what a hook that spawns dispatchers or arms timers needs.
+    pub fn try_ctx(&mut self) -> Option<&mut Ctx<'b>> {
+        match &mut self.place {
+            Place::Reactor(ctx) => Some(ctx),
+            Place::Detached(_) => None,
+        }
+    }
+
+    /// Whether this context is [detached](Self::detached) from a reactor.
+    pub fn is_detached(&self) -> bool {
+        matches!(self.place, Place::Detached(_))
+    }
+
+    /// The handle of the channel the hook runs for. A [detached](Self::detached) context gives
+    /// a handle that names no dispatcher (anything sent to it is dropped).
     pub fn channel(&self) -> Handle {
-        self.ctx.handle()
+        match &self.place {
+            Place::Reactor(ctx) => ctx.handle(),
+            Place::Detached(_) => detached_handle(),
+        }
     }
 
     pub(crate) fn issued(&self) -> Option<u64> {
         self.issued
+    }
+}
+
+impl<'a> ServerCtx<'a, 'static> {
+    /// A context outside any reactor, for calling hooks in unit tests: tickets from
+    /// [`defer`](Self::defer) deliver their answers to `detached` (read them with
+    /// [`DetachedCtx::answer`]); [`try_ctx`](Self::try_ctx) is `None`.
+    ///
+    /// ```
+    /// use smtpd::server::{DetachedCtx, Outcome, Reply, ServerCtx, TicketAnswer};
+    ///
+    /// let mut detached = DetachedCtx::new();
+    /// let mut cx = ServerCtx::detached(&mut detached);
+    /// let ticket = cx.defer();
+    /// let outcome = Outcome::deferred(&ticket);
+    /// std::thread::spawn(move || ticket.complete(Reply::new(550, "No such user")));
+    /// let Outcome::Deferred(deferral) = outcome else { unreachable!() };
+    /// let answer = detached.answer(&deferral, std::time::Duration::from_secs(5));
+    /// assert_eq!(answer, Some(TicketAnswer::Reply(Reply::new(550, "No such user"))));
+    /// ```
+    pub fn detached(detached: &'a mut DetachedCtx) -> Self {
+        detached.issued = None;
+        ServerCtx {
+            place: Place::Detached(detached),
+            issued: None,
+        }
+    }
+}
+
+impl std::fmt::Debug for ServerCtx<'_, '_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ServerCtx")
+            .field("detached", &self.is_detached())
+            .field("issued", &self.issued)
+            .finish()
     }
 }
 
@@ -252,28 +453,42 @@ pub(crate) struct Completion {
     pub(crate) reply: Option<Reply>,
 }
 
-/// A promise to answer one deferred message. `Send`: move it to a worker thread, a relay
-/// dispatcher, or keep it in the server. Answer it exactly once; dropping it unanswered answers
-/// `451` (the client retries: no mail is lost).
+/// Where a ticket's answer goes.
+#[derive(Debug)]
+enum Delivery {
+    /// To the channel, through the reactor.
+    Channel {
+        channel: Handle,
+        remote: RemoteHandle,
+    },
+    /// To a [`DetachedCtx`].
+    Local(mpsc::Sender<Completion>),
+}
+
+/// A promise to answer one deferred decision. `Send`: move it to a worker thread, a relay
+/// dispatcher, or keep it in the session. Answer it exactly once; dropping it unanswered
+/// answers `451` (the client retries: no mail is lost).
 #[derive(Debug)]
 pub struct Ticket {
-    channel: Handle,
     id: u64,
-    remote: RemoteHandle,
+    to: Delivery,
     done: bool,
+}
+
+/// That a hook's answer comes later through a [`Ticket`]: the value of
+/// [`Outcome::Deferred`]. It can only be made from a ticket ([`Ticket::deferral`],
+/// [`Outcome::deferred`]), so a deferral without [`ServerCtx::defer`] cannot be written.
+#[derive(Debug, PartialEq, Eq)]
+#[must_use = "return it in Outcome::Deferred"]
+pub struct Deferral {
+    id: u64,
 }
 
 impl Ticket {
     /// Answers with `reply`, from any thread (through the reactor's waker).
     pub fn complete(mut self, reply: Reply) {
         self.done = true;
-        self.remote.notify(
-            self.channel,
-            Completion {
-                id: self.id,
-                reply: Some(reply),
-            },
-        );
+        self.deliver(Some(reply), None);
     }
 
     /// Answers `250 OK`, from any thread.
@@ -284,32 +499,121 @@ impl Ticket {
     /// Answers with `reply` from inside the loop (a hook's [`Ctx`]), without a wake-up.
     pub fn complete_in(mut self, ctx: &mut Ctx<'_>, reply: Reply) {
         self.done = true;
-        ctx.notify(
-            self.channel,
-            Completion {
-                id: self.id,
-                reply: Some(reply),
-            },
-        );
+        self.deliver(Some(reply), Some(ctx));
     }
 
-    /// The channel waiting for this answer.
+    /// The deferral to return ([`Outcome::Deferred`]) from the hook call that obtained this
+    /// ticket.
+    pub fn deferral(&self) -> Deferral {
+        Deferral { id: self.id }
+    }
+
+    /// The channel waiting for this answer (for a ticket of a
+    /// [detached](ServerCtx::detached) context, a handle that names no dispatcher).
     pub fn channel(&self) -> Handle {
-        self.channel
+        match &self.to {
+            Delivery::Channel { channel, .. } => *channel,
+            Delivery::Local(_) => detached_handle(),
+        }
+    }
+
+    fn deliver(&mut self, reply: Option<Reply>, ctx: Option<&mut Ctx<'_>>) {
+        let completion = Completion { id: self.id, reply };
+        match (&self.to, ctx) {
+            (Delivery::Channel { channel, .. }, Some(ctx)) => ctx.notify(*channel, completion),
+            (Delivery::Channel { channel, remote }, None) => remote.notify(*channel, completion),
+            (Delivery::Local(tx), _) => {
+                let _ = tx.send(completion);
+            }
+        }
     }
 }
 
 impl Drop for Ticket {
     fn drop(&mut self) {
         if !self.done {
-            self.remote.notify(
-                self.channel,
-                Completion {
-                    id: self.id,
-                    reply: None,
-                },
-            );
+            self.deliver(None, None);
         }
+    }
+}
+
+/// What a ticket of a [`DetachedCtx`] delivered.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum TicketAnswer {
+    /// Completed with this reply ([`Ticket::accept`] gives `250 OK`).
+    Reply(Reply),
+    /// Dropped unanswered: a channel would answer `451`.
+    Dropped,
+}
+
+/// The place outside any reactor where the tickets of a [detached](ServerCtx::detached)
+/// [`ServerCtx`] deliver their answers: for unit tests of hooks, without a socket. Tickets
+/// stay `Send`, so a test can complete one from another thread and wait for it here.
+#[derive(Debug)]
+pub struct DetachedCtx {
+    tx: mpsc::Sender<Completion>,
+    rx: mpsc::Receiver<Completion>,
+    /// Answers received while waiting for another ticket's.
+    early: Vec<Completion>,
+    /// The ticket of the latest hook call, if it deferred.
+    issued: Option<u64>,
+}
+
+impl Default for DetachedCtx {
+    fn default() -> Self {
+        DetachedCtx::new()
+    }
+}
+
+impl DetachedCtx {
+    /// An empty one.
+    pub fn new() -> DetachedCtx {
+        let (tx, rx) = mpsc::channel();
+        DetachedCtx {
+            tx,
+            rx,
+            early: Vec::new(),
+            issued: None,
+        }
+    }
+
+    /// A [`ServerCtx`] on this one: [`ServerCtx::detached`].
+    pub fn cx(&mut self) -> ServerCtx<'_, 'static> {
+        ServerCtx::detached(self)
+    }
+
+    /// Whether `deferral` is the one the latest hook call (on a context from
+    /// [`cx`](Self::cx)) may return: made from the ticket it obtained. A channel answers any
+    /// other deferral with `451`.
+    pub fn is_current(&self, deferral: &Deferral) -> bool {
+        self.issued == Some(deferral.id)
+    }
+
+    /// The answer to `deferral`'s ticket, waiting at most `timeout` for it. `None` when it did
+    /// not come in time. Answers to other tickets that arrive meanwhile are kept for their own
+    /// call.
+    pub fn answer(&mut self, deferral: &Deferral, timeout: Duration) -> Option<TicketAnswer> {
+        let deadline = std::time::Instant::now() + timeout;
+        loop {
+            if let Some(at) = self.early.iter().position(|c| c.id == deferral.id) {
+                let completion = self.early.swap_remove(at);
+                return Some(match completion.reply {
+                    Some(reply) => TicketAnswer::Reply(reply),
+                    None => TicketAnswer::Dropped,
+                });
+            }
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            match self.rx.recv_timeout(left) {
+                Ok(completion) => self.early.push(completion),
+                Err(_) => return None,
+            }
+        }
+    }
+
+    /// The answer to `deferral`'s ticket if it has arrived, without waiting.
+    pub fn try_answer(&mut self, deferral: &Deferral) -> Option<TicketAnswer> {
+        self.answer(deferral, Duration::ZERO)
     }
 }
 

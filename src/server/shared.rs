@@ -7,7 +7,7 @@ use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::ServerOptions;
+use super::{Backend, ServerOptions};
 use crate::reactor::Handle;
 use crate::smtp::{Config, MemoryBudget};
 
@@ -22,10 +22,16 @@ pub(crate) struct ListenerShared {
     pub(crate) per_ip: RefCell<HashMap<IpAddr, usize>>,
     /// Bytes of message data held by all channels (see `ServerOptions::data_memory_limit`).
     pub(crate) data_memory: Cell<usize>,
+    /// Opens each channel's session.
+    pub(crate) backend: RefCell<Box<dyn Backend>>,
 }
 
 impl ListenerShared {
-    pub(crate) fn new(options: ServerOptions, config: Config) -> ListenerShared {
+    pub(crate) fn new(
+        options: ServerOptions,
+        config: Config,
+        backend: Box<dyn Backend>,
+    ) -> ListenerShared {
         ListenerShared {
             config: Arc::new(config),
             options,
@@ -33,6 +39,7 @@ impl ListenerShared {
             connections: Cell::new(0),
             per_ip: RefCell::new(HashMap::new()),
             data_memory: Cell::new(0),
+            backend: RefCell::new(backend),
         }
     }
 

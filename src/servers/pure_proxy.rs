@@ -10,11 +10,12 @@ use ipnet::IpNet;
 
 use super::headers::{count_received, insert_x_peer, received_header};
 use crate::client::{Client, ClientConfig, Event, EventHandler, MailParams, Relay, RelayOptions};
-use std::collections::HashMap;
 
 use crate::client::RelayCommand;
 use crate::reactor::{Ctx, Handle};
-use crate::server::{AddressRequest, Message, Outcome, Reply, ServerCtx, SmtpServer, Ticket};
+use crate::server::{
+    AddressRequest, Backend, Message, Outcome, Reply, ServerCtx, SmtpSession, Ticket,
+};
 use crate::sys::fqdn;
 
 /// When the upstream is contacted.
@@ -91,12 +92,27 @@ type RefusalHook = Rc<RefCell<dyn FnMut(&Refusal)>>;
 /// Each message gets a `Received:` header (RFC 5321 4.4) and `X-Peer: <client ip>` after its
 /// last header, as CPython added. Relaying is allowed from loopback and
 /// [`trusted`](ProxyOptions::trusted) networks only, unless [`open_relay`](ProxyOptions::open_relay).
+///
+/// A [`Backend`]: give it to [`Listener::bind`](crate::server::Listener::bind) as it is. Each
+/// client connection gets its own session, which owns that connection's upstream session (in
+/// live mode).
 pub struct PureProxy {
+    settings: Rc<Settings>,
+}
+
+/// What every session of a proxy shares.
+#[derive(Clone)]
+struct Settings {
     upstream: SocketAddr,
     options: ProxyOptions,
     on_refusal: Option<RefusalHook>,
-    /// Live mode: the upstream session of each client connection.
-    live: HashMap<Handle, Live>,
+}
+
+/// One client connection of a [`PureProxy`].
+struct ProxySession {
+    settings: Rc<Settings>,
+    /// Live mode: the connection's upstream session, once MAIL opened it.
+    live: Option<Live>,
 }
 
 /// Allowance for the `Received:` and `X-Peer:` headers in the SIZE announced upstream before
@@ -181,24 +197,36 @@ impl PureProxy {
             );
         }
         PureProxy {
-            upstream,
-            options,
-            on_refusal: None,
-            live: HashMap::new(),
+            settings: Rc::new(Settings {
+                upstream,
+                options,
+                on_refusal: None,
+            }),
         }
     }
 
     /// Calls `hook` for each recipient refused permanently while the message was delivered to
     /// the others.
     pub fn on_refusal(&mut self, hook: impl FnMut(&Refusal) + 'static) {
-        self.on_refusal = Some(Rc::new(RefCell::new(hook)));
+        Rc::make_mut(&mut self.settings).on_refusal = Some(Rc::new(RefCell::new(hook)));
     }
 
     /// The upstream address.
     pub fn upstream(&self) -> SocketAddr {
-        self.upstream
+        self.settings.upstream
     }
+}
 
+impl Backend for PureProxy {
+    fn open_session(&mut self, _peer: SocketAddr) -> Box<dyn SmtpSession> {
+        Box::new(ProxySession {
+            settings: self.settings.clone(),
+            live: None,
+        })
+    }
+}
+
+impl Settings {
     fn may_relay(&self, ip: IpAddr) -> bool {
         may_relay(&self.options, ip)
     }
@@ -246,13 +274,13 @@ pub(super) fn trace_header(hostname: &str, message: &Message) -> String {
 impl std::fmt::Debug for PureProxy {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("PureProxy")
-            .field("upstream", &self.upstream)
-            .field("options", &self.options)
+            .field("upstream", &self.settings.upstream)
+            .field("options", &self.settings.options)
             .finish_non_exhaustive()
     }
 }
 
-impl PureProxy {
+impl Settings {
     /// A relay to the upstream (not yet spawned), or the `451` to answer if no socket can be
     /// had.
     fn open_relay(&self, on_event: EventHandler) -> Result<Relay, Outcome> {
@@ -270,20 +298,24 @@ impl PureProxy {
             ))
         })
     }
+}
 
+impl ProxySession {
     fn after_data(&mut self, message: &Message, cx: &mut ServerCtx<'_, '_>) -> Outcome {
-        let data = self.upstream_data(message);
+        let settings = &self.settings;
+        let data = settings.upstream_data(message);
         let params = MailParams::for_message(&data, message.smtputf8);
         let ticket = cx.defer();
+        let deferred = Outcome::deferred(&ticket);
         let mut state = AfterData {
             ticket: Some(ticket),
             mail_from: message.mail_from.clone(),
             rcpts: message.rcpt_tos.clone(),
             replies: vec![None; message.rcpt_tos.len()],
             data: Some(data),
-            on_refusal: self.on_refusal.clone(),
+            on_refusal: settings.on_refusal.clone(),
         };
-        let relay = self.open_relay(Box::new(move |event, client, ctx| {
+        let relay = settings.open_relay(Box::new(move |event, client, ctx| {
             state.handle(event, client, ctx)
         }));
         let mut relay = match relay {
@@ -300,42 +332,48 @@ impl PureProxy {
             relay.client().rcpt(rcpt.clone());
         }
         cx.ctx().spawn(relay);
-        Outcome::Deferred
+        deferred
     }
 
-    /// Live mode: the channel's upstream session, opened (and the MAIL queued) if needed.
+    /// Live mode: the connection's upstream session, opened (and the MAIL queued) if needed.
     fn live_mail(&mut self, request: &AddressRequest<'_>, cx: &mut ServerCtx<'_, '_>) -> Outcome {
-        let channel = cx.channel();
         let (from, params) = upstream_mail(request, HEADER_ALLOWANCE);
-        let reusable = self
+        if let Some(live) = self
             .live
-            .get(&channel)
+            .as_ref()
             .filter(|live| live.state.borrow().dead.is_none())
-            .map(|live| (live.relay, live.state.clone()));
-        if let Some((relay, state)) = reusable {
-            state.borrow_mut().waiting = Some(cx.defer());
-            cx.ctx().notify(relay, RelayCommand::Mail(from, params));
-            return Outcome::Deferred;
+        {
+            let ticket = cx.defer();
+            let deferred = Outcome::deferred(&ticket);
+            live.state.borrow_mut().waiting = Some(ticket);
+            cx.ctx()
+                .notify(live.relay, RelayCommand::Mail(from, params));
+            return deferred;
         }
         let state: Rc<RefCell<LiveState>> = Rc::default();
         let events = state.clone();
-        let relay = self.open_relay(Box::new(move |event, _client, ctx| {
-            events.borrow_mut().handle(event, ctx)
-        }));
+        let relay = self
+            .settings
+            .open_relay(Box::new(move |event, _client, ctx| {
+                events.borrow_mut().handle(event, ctx)
+            }));
         let mut relay = match relay {
             Ok(relay) => relay,
             Err(refusal) => return refusal,
         };
         relay.client().mail(from, params);
-        state.borrow_mut().waiting = Some(cx.defer());
+        let ticket = cx.defer();
+        let deferred = Outcome::deferred(&ticket);
+        state.borrow_mut().waiting = Some(ticket);
         let relay = cx.ctx().spawn(relay);
-        self.live.insert(channel, Live { relay, state });
-        Outcome::Deferred
+        // A dead session this replaces has already closed (that is how it died).
+        self.live = Some(Live { relay, state });
+        deferred
     }
 
-    /// Live mode: forwards a command to the channel's upstream session and defers.
+    /// Live mode: forwards a command to the connection's upstream session and defers.
     fn live_forward(&mut self, command: RelayCommand, cx: &mut ServerCtx<'_, '_>) -> Outcome {
-        let Some(live) = self.live.get(&cx.channel()) else {
+        let Some(live) = &self.live else {
             return Outcome::Reply(Reply::new(
                 451,
                 "Requested action aborted: no upstream session",
@@ -344,42 +382,44 @@ impl PureProxy {
         if let Some(dead) = live.state.borrow().dead.clone() {
             return Outcome::Reply(dead);
         }
-        let relay = live.relay;
-        live.state.borrow_mut().waiting = Some(cx.defer());
-        cx.ctx().notify(relay, command);
-        Outcome::Deferred
+        let ticket = cx.defer();
+        let deferred = Outcome::deferred(&ticket);
+        live.state.borrow_mut().waiting = Some(ticket);
+        cx.ctx().notify(live.relay, command);
+        deferred
     }
 }
 
-impl SmtpServer for PureProxy {
+impl SmtpSession for ProxySession {
     fn process_message(&mut self, message: &Message, cx: &mut ServerCtx<'_, '_>) -> Outcome {
-        if !self.may_relay(message.peer.ip()) {
+        let settings = &self.settings;
+        if !settings.may_relay(message.peer.ip()) {
             log::warn!("{}: relay access denied", message.peer);
             return Outcome::Reply(Reply::new(554, "5.7.1 Relay access denied"));
         }
         let hops = count_received(&message.data);
-        if hops > self.options.max_hops {
+        if hops > settings.options.max_hops {
             log::warn!("{}: {hops} hops, a mail loop?", message.peer);
             return Outcome::Reply(Reply::new(554, "5.4.6 Too many hops"));
         }
-        match self.options.mode {
+        match settings.options.mode {
             RelayMode::AfterData => self.after_data(message, cx),
             RelayMode::Live => {
-                let data = self.upstream_data(message);
+                let data = settings.upstream_data(message);
                 self.live_forward(RelayCommand::Data(data), cx)
             }
         }
     }
 
     fn on_mail(&mut self, request: &AddressRequest<'_>, cx: &mut ServerCtx<'_, '_>) -> Outcome {
-        match self.options.mode {
+        match self.settings.options.mode {
             RelayMode::Live => self.live_mail(request, cx),
             RelayMode::AfterData => Outcome::Accept,
         }
     }
 
     fn on_rcpt(&mut self, request: &AddressRequest<'_>, cx: &mut ServerCtx<'_, '_>) -> Outcome {
-        if !self.may_relay(request.peer.ip()) {
+        if !self.settings.may_relay(request.peer.ip()) {
             log::warn!(
                 "{}: relay access denied for <{}>",
                 request.peer,
@@ -390,7 +430,7 @@ impl SmtpServer for PureProxy {
                 format!("5.7.1 <{}>: Relay access denied", request.address),
             ));
         }
-        match self.options.mode {
+        match self.settings.options.mode {
             RelayMode::Live => {
                 self.live_forward(RelayCommand::Rcpt(request.address.to_string()), cx)
             }
@@ -399,16 +439,15 @@ impl SmtpServer for PureProxy {
     }
 
     fn on_reset(&mut self, cx: &mut ServerCtx<'_, '_>) {
-        if let Some(live) = self.live.get(&cx.channel()) {
+        if let Some(live) = &self.live {
             if live.state.borrow().dead.is_none() {
-                let relay = live.relay;
-                cx.ctx().notify(relay, RelayCommand::Rset);
+                cx.ctx().notify(live.relay, RelayCommand::Rset);
             }
         }
     }
 
     fn on_disconnect(&mut self, cx: &mut ServerCtx<'_, '_>) {
-        if let Some(live) = self.live.remove(&cx.channel()) {
+        if let Some(live) = self.live.take() {
             // An answer still awaited has nobody left to hear it.
             live.state.borrow_mut().waiting = None;
             if live.state.borrow().dead.is_none() {

@@ -27,7 +27,6 @@ pub use classify::{classify, is_safe_list_name, Candidate, Command, Suffixes};
 pub use mm2::{reply_for_status, Mailman2, WrapperRun};
 
 use std::cell::RefCell;
-use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::rc::{Rc, Weak};
@@ -38,7 +37,9 @@ use super::pure_proxy::{may_relay, trace_header, upstream_data, upstream_mail};
 use super::ProxyOptions;
 use crate::client::{ClientConfig, Event, MailParams, Relay, RelayCommand, RelayOptions};
 use crate::reactor::{Ctx, Handle};
-use crate::server::{AddressRequest, Message, Outcome, Reply, ServerCtx, SmtpServer, Ticket};
+use crate::server::{
+    AddressRequest, Backend, Message, Outcome, Reply, ServerCtx, SmtpSession, Ticket,
+};
 
 /// Where Mailman 3's LMTP runner listens (`[mta] lmtp_host`/`lmtp_port`).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -68,16 +69,16 @@ impl std::fmt::Display for LmtpAddr {
 /// Which Mailman the list mail goes to.
 #[derive(Clone, Debug)]
 #[non_exhaustive]
-pub enum Backend {
+pub enum MailmanVersion {
     /// Mailman 3, over LMTP. Whether an address is a list is Mailman's own answer to `RCPT`.
     Mailman3(LmtpAddr),
     /// Mailman 2: a list exists when its `config.pck` does; mail is piped to its wrapper.
     Mailman2(Mailman2),
 }
 
-impl Default for Backend {
+impl Default for MailmanVersion {
     fn default() -> Self {
-        Backend::Mailman3(LmtpAddr::default())
+        MailmanVersion::Mailman3(LmtpAddr::default())
     }
 }
 
@@ -89,7 +90,7 @@ pub struct MailmanOptions {
     /// ignored: the upstream is always asked live, at RCPT time.)
     pub proxy: ProxyOptions,
     /// Where list mail goes. Default: Mailman 3 at `127.0.0.1:8024`.
-    pub backend: Backend,
+    pub mailman: MailmanVersion,
     /// Which addresses are list candidates. Default: CPython's.
     pub suffixes: Suffixes,
     /// Mailman 3 only: the list domain to ask Mailman about, whatever the recipient's domain
@@ -112,7 +113,7 @@ impl Default for MailmanOptions {
         };
         MailmanOptions {
             proxy: ProxyOptions::default(),
-            backend: Backend::default(),
+            mailman: MailmanVersion::default(),
             suffixes: Suffixes::default(),
             mailman_domain: None,
             lmtp,
@@ -139,9 +140,17 @@ impl Default for MailmanOptions {
 ///   permanent failures give the first permanent reply.
 /// * `-admin` becomes `-bounces` for Mailman 3; join and leave go to Mailman's own join/leave
 ///   addresses and commands (CPython's extra `Subject: subscribe` header is not needed).
+///
+/// A [`Backend`]: give it to [`Listener::bind`](crate::server::Listener::bind) as it is. Each
+/// client connection gets its own session, which owns that connection's relay legs.
 pub struct MailmanProxy {
     shared: Rc<Shared>,
-    conns: HashMap<Handle, Rc<RefCell<Conn>>>,
+}
+
+/// One client connection of a [`MailmanProxy`]: its state, shared with the relay legs it
+/// spawned (they hold a weak reference and report their events to it).
+struct MailmanSession {
+    conn: Rc<RefCell<Conn>>,
 }
 
 struct Shared {
@@ -169,7 +178,6 @@ impl MailmanProxy {
         }
         MailmanProxy {
             shared: Rc::new(Shared { upstream, options }),
-            conns: HashMap::new(),
         }
     }
 
@@ -185,13 +193,13 @@ impl MailmanProxy {
     /// # Errors
     /// What is wrong, in words fit for a log line.
     pub fn check_backend(&self, timeout: Duration) -> Result<(), String> {
-        match &self.shared.options.backend {
-            Backend::Mailman3(LmtpAddr::Tcp(addr)) => {
+        match &self.shared.options.mailman {
+            MailmanVersion::Mailman3(LmtpAddr::Tcp(addr)) => {
                 std::net::TcpStream::connect_timeout(addr, timeout)
                     .map(drop)
                     .map_err(|e| format!("Mailman's LMTP runner at {addr} does not answer: {e}"))
             }
-            Backend::Mailman3(LmtpAddr::Unix(path)) => {
+            MailmanVersion::Mailman3(LmtpAddr::Unix(path)) => {
                 std::os::unix::net::UnixStream::connect(path)
                     .map(drop)
                     .map_err(|e| {
@@ -201,16 +209,16 @@ impl MailmanProxy {
                         )
                     })
             }
-            Backend::Mailman2(mm2) => mm2.check(),
+            MailmanVersion::Mailman2(mm2) => mm2.check(),
         }
     }
+}
 
-    fn conn(&mut self, peer: SocketAddr, cx: &mut ServerCtx<'_, '_>) -> Rc<RefCell<Conn>> {
-        let shared = self.shared.clone();
-        self.conns
-            .entry(cx.channel())
-            .or_insert_with(|| Conn::new(shared, peer))
-            .clone()
+impl Backend for MailmanProxy {
+    fn open_session(&mut self, peer: SocketAddr) -> Box<dyn SmtpSession> {
+        Box::new(MailmanSession {
+            conn: Conn::new(self.shared.clone(), peer),
+        })
     }
 }
 
@@ -383,26 +391,26 @@ impl Conn {
         });
         let shared = self.shared.clone();
         let hostname = shared.options.proxy.hostname.clone();
-        let relay = match (side, &shared.options.backend) {
+        let relay = match (side, &shared.options.mailman) {
             (Side::Upstream, _) => Relay::open(
                 shared.upstream,
                 ClientConfig::smtp(hostname),
                 shared.options.proxy.relay.clone(),
                 on_event,
             ),
-            (Side::Mailman, Backend::Mailman3(LmtpAddr::Tcp(addr))) => Relay::open(
+            (Side::Mailman, MailmanVersion::Mailman3(LmtpAddr::Tcp(addr))) => Relay::open(
                 *addr,
                 ClientConfig::lmtp(hostname),
                 shared.options.lmtp.clone(),
                 on_event,
             ),
-            (Side::Mailman, Backend::Mailman3(LmtpAddr::Unix(path))) => Relay::open(
+            (Side::Mailman, MailmanVersion::Mailman3(LmtpAddr::Unix(path))) => Relay::open(
                 path,
                 ClientConfig::lmtp(hostname),
                 shared.options.lmtp.clone(),
                 on_event,
             ),
-            (Side::Mailman, Backend::Mailman2(_)) => {
+            (Side::Mailman, MailmanVersion::Mailman2(_)) => {
                 return Err(Reply::new(451, "4.3.0 Requested action aborted: no LMTP"))
             }
         };
@@ -463,8 +471,8 @@ impl Conn {
         let Some(candidate) = classify(rcpt, options.suffixes) else {
             return self.relay_rcpt(rcpt, ctx);
         };
-        match &options.backend {
-            Backend::Mailman2(mm2) => {
+        match &options.mailman {
+            MailmanVersion::Mailman2(mm2) => {
                 if mm2.list_exists(&candidate.list) {
                     log::debug!("<{rcpt}> is Mailman 2 list {}", candidate.list);
                     self.accepted.push(Accepted {
@@ -476,7 +484,7 @@ impl Conn {
                     self.relay_rcpt(rcpt, ctx)
                 }
             }
-            Backend::Mailman3(_) => {
+            MailmanVersion::Mailman3(_) => {
                 let mut candidate = candidate;
                 if let Some(domain) = &options.mailman_domain {
                     candidate.domain = domain.to_ascii_lowercase();
@@ -752,7 +760,7 @@ impl Conn {
             }
             leg.phase = Phase::Idle;
         }
-        if let Backend::Mailman2(mm2) = &self.shared.options.backend {
+        if let MailmanVersion::Mailman2(mm2) = &self.shared.options.mailman {
             let timeout = self.shared.options.wrapper_timeout;
             for (i, accepted) in self.accepted.iter().enumerate() {
                 let Route::Mailman2(candidate) = &accepted.route else {
@@ -935,12 +943,11 @@ pub fn complete_headers(data: &[u8], mail_from: &str, now: SystemTime) -> Vec<u8
     out
 }
 
-impl SmtpServer for MailmanProxy {
+impl SmtpSession for MailmanSession {
     fn process_message(&mut self, message: &Message, cx: &mut ServerCtx<'_, '_>) -> Outcome {
-        let conn = self.conn(message.peer, cx);
-        let mut conn = conn.borrow_mut();
+        let mut conn = self.conn.borrow_mut();
         let hops = count_received(&message.data);
-        if hops > self.shared.options.proxy.max_hops {
+        if hops > conn.shared.options.proxy.max_hops {
             log::warn!("{}: {hops} hops, a mail loop?", message.peer);
             conn.end_transaction(cx.ctx());
             return Outcome::Reply(Reply::new(554, "5.4.6 Too many hops"));
@@ -952,15 +959,16 @@ impl SmtpServer for MailmanProxy {
                 Outcome::Reply(reply)
             }
             Step::Wait => {
-                conn.ticket = Some(cx.defer());
-                Outcome::Deferred
+                let ticket = cx.defer();
+                let deferred = Outcome::deferred(&ticket);
+                conn.ticket = Some(ticket);
+                deferred
             }
         }
     }
 
     fn on_mail(&mut self, request: &AddressRequest<'_>, cx: &mut ServerCtx<'_, '_>) -> Outcome {
-        let conn = self.conn(request.peer, cx);
-        let mut conn = conn.borrow_mut();
+        let mut conn = self.conn.borrow_mut();
         conn.end_transaction(cx.ctx());
         conn.op = Op::Idle;
         (conn.mail_from, conn.params) = upstream_mail(request, HEADER_ALLOWANCE);
@@ -968,35 +976,32 @@ impl SmtpServer for MailmanProxy {
     }
 
     fn on_rcpt(&mut self, request: &AddressRequest<'_>, cx: &mut ServerCtx<'_, '_>) -> Outcome {
-        let conn = self.conn(request.peer, cx);
-        let mut conn = conn.borrow_mut();
+        let mut conn = self.conn.borrow_mut();
         match conn.rcpt(request.address, cx.ctx()) {
             Step::Done(reply) => {
                 conn.op = Op::Idle;
                 Outcome::Reply(reply)
             }
             Step::Wait => {
-                conn.ticket = Some(cx.defer());
-                Outcome::Deferred
+                let ticket = cx.defer();
+                let deferred = Outcome::deferred(&ticket);
+                conn.ticket = Some(ticket);
+                deferred
             }
         }
     }
 
     fn on_reset(&mut self, cx: &mut ServerCtx<'_, '_>) {
-        if let Some(conn) = self.conns.get(&cx.channel()).cloned() {
-            conn.borrow_mut().end_transaction(cx.ctx());
-        }
+        self.conn.borrow_mut().end_transaction(cx.ctx());
     }
 
     fn on_disconnect(&mut self, cx: &mut ServerCtx<'_, '_>) {
-        if let Some(conn) = self.conns.remove(&cx.channel()) {
-            let mut conn = conn.borrow_mut();
-            // An answer still awaited has nobody left to hear it.
-            conn.ticket = None;
-            for leg in &mut conn.legs {
-                if let Some(relay) = leg.relay.take() {
-                    cx.ctx().notify(relay, RelayCommand::Quit);
-                }
+        let mut conn = self.conn.borrow_mut();
+        // An answer still awaited has nobody left to hear it.
+        conn.ticket = None;
+        for leg in &mut conn.legs {
+            if let Some(relay) = leg.relay.take() {
+                cx.ctx().notify(relay, RelayCommand::Quit);
             }
         }
     }
