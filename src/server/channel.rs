@@ -15,7 +15,7 @@ use super::{
 };
 use crate::chat::{ChatCtl, ChatHandler};
 use crate::reactor::{Ctx, TimerId};
-use crate::smtp::{Decision, Message, Output, Receiver, Reply, Request, Session};
+use crate::smtp::{Decision, MemoryBudget, Message, Output, Receiver, Reply, Request, Session};
 
 /// Where a connection is. (The PROXY header and the TLS handshake will be phases before
 /// the greeting.)
@@ -85,9 +85,8 @@ impl SmtpChannel {
         peer: SocketAddr,
     ) -> SmtpChannel {
         let session = Session::new(shared.config.clone(), peer);
-        let budget = DataBudget::new(shared.clone());
         SmtpChannel {
-            receiver: Receiver::new(session).with_budget(Box::new(budget)),
+            receiver: Receiver::new(session),
             hooks: None,
             shared,
             guard,
@@ -477,6 +476,14 @@ impl SmtpChannel {
     }
 }
 
+impl Drop for SmtpChannel {
+    /// Gives back the data memory of a message cut off by the close (also when a panic drops
+    /// the channel without its `on_close`).
+    fn drop(&mut self) {
+        DataBudget(&self.shared).release(self.receiver.reserved());
+    }
+}
+
 /// Calls a hook under `catch_unwind`; a panic becomes `451`. Returns the outcome and the
 /// ticket the hook obtained, if any.
 fn call_hook(
@@ -526,7 +533,10 @@ impl ChatHandler for SmtpChannel {
         // Decisions answered at once let the receiver go on with the same input; a deferred
         // one pauses the chat, which keeps the rest.
         while used < data.len() && !chat.is_paused() && !chat.is_closing() {
-            used += self.receiver.receive(&data[used..], &mut self.outputs);
+            let mut budget = DataBudget(&self.shared);
+            used += self
+                .receiver
+                .receive_within(&data[used..], &mut budget, &mut self.outputs);
             if self.outputs.is_empty() {
                 break;
             }

@@ -119,32 +119,23 @@ impl Drop for ConnectionGuard {
     }
 }
 
-/// A channel's share of the listener's data memory limit (the receiver gives back what it
-/// holds when it is dropped).
-pub(crate) struct DataBudget {
-    shared: Rc<ListenerShared>,
-}
+/// The listener's data memory limit, as a channel's receiver draws on it.
+pub(crate) struct DataBudget<'a>(pub(crate) &'a ListenerShared);
 
-impl DataBudget {
-    pub(crate) fn new(shared: Rc<ListenerShared>) -> DataBudget {
-        DataBudget { shared }
-    }
-}
-
-impl MemoryBudget for DataBudget {
+impl MemoryBudget for DataBudget<'_> {
     fn try_reserve(&mut self, bytes: usize) -> bool {
-        let limit = self.shared.options.data_memory_limit;
-        let used = self.shared.data_memory.get();
+        let limit = self.0.options.data_memory_limit;
+        let used = self.0.data_memory.get();
         if limit != 0 && used + bytes > limit {
             return false;
         }
-        self.shared.data_memory.set(used + bytes);
+        self.0.data_memory.set(used + bytes);
         true
     }
 
     fn release(&mut self, bytes: usize) {
-        let used = self.shared.data_memory.get();
-        self.shared.data_memory.set(used.saturating_sub(bytes));
+        let used = self.0.data_memory.get();
+        self.0.data_memory.set(used.saturating_sub(bytes));
     }
 }
 

@@ -83,9 +83,18 @@ pub struct Receiver {
     /// The unit collected so far, when it arrived in more than one piece.
     unit: Vec<u8>,
     discard: Option<Discard>,
-    budget: Option<Box<dyn MemoryBudget>>,
-    /// Bytes of `unit`'s capacity counted in `budget`.
+    /// Bytes of `unit`'s capacity counted in the caller's [`MemoryBudget`].
     reserved: usize,
+}
+
+/// No limit: the budget of [`Receiver::receive`].
+struct Unlimited;
+
+impl MemoryBudget for Unlimited {
+    fn try_reserve(&mut self, _bytes: usize) -> bool {
+        true
+    }
+    fn release(&mut self, _bytes: usize) {}
 }
 
 impl fmt::Debug for Receiver {
@@ -108,16 +117,14 @@ impl Receiver {
             position: Position::Line { cr: false },
             unit: Vec::new(),
             discard: None,
-            budget: None,
             reserved: 0,
         }
     }
 
-    /// Counts the message data this receiver holds in `budget` (released when the message
-    /// is done, and when the receiver is dropped).
-    pub fn with_budget(mut self, budget: Box<dyn MemoryBudget>) -> Receiver {
-        self.budget = Some(budget);
-        self
+    /// Bytes reserved in the caller's budget for the message being received (given back
+    /// when it ends). A caller that drops the receiver mid-message gives them back itself.
+    pub fn reserved(&self) -> usize {
+        self.reserved
     }
 
     /// The session (state, envelope, HELO name).
@@ -162,12 +169,25 @@ impl Receiver {
     /// ([`Output::Decide`]) or the session closed — the rest must then be offered again
     /// after [`resolve`](Self::resolve) (or dropped after a close).
     pub fn receive(&mut self, data: &[u8], out: &mut Vec<Output>) -> usize {
+        self.receive_within(data, &mut Unlimited, out)
+    }
+
+    /// As [`receive`](Self::receive), holding message data only as far as `budget` grants
+    /// it: a message that does not fit is discarded as it arrives and answered
+    /// `452 4.3.1 Insufficient system storage`. What a finished message held is given back
+    /// to `budget`.
+    pub fn receive_within(
+        &mut self,
+        data: &[u8],
+        budget: &mut dyn MemoryBudget,
+        out: &mut Vec<Output>,
+    ) -> usize {
         let mut used = 0;
         while used < data.len() && self.wants_input() {
             let rest = &data[used..];
             used += match self.position {
-                Position::Line { .. } => self.line(rest, out),
-                Position::Data { .. } => self.body(rest, out),
+                Position::Line { .. } => self.line(rest, budget, out),
+                Position::Data { .. } => self.body(rest, budget, out),
             };
             self.sync_position();
         }
@@ -192,48 +212,43 @@ impl Receiver {
     }
 
     /// Adds bytes to the current unit, or starts discarding it when they do not fit.
-    fn collect(&mut self, bytes: &[u8]) {
+    fn collect(&mut self, bytes: &[u8], budget: &mut dyn MemoryBudget) {
         if bytes.is_empty() || self.discard.is_some() {
             return;
         }
         if let Some(limit) = self.session.input_limit() {
             if self.unit.len() + bytes.len() > limit {
-                self.start_discard(Discard::Oversize);
+                self.start_discard(Discard::Oversize, budget);
                 return;
             }
         }
-        if self.in_data() && !self.reserve(bytes.len()) {
+        if self.in_data() && !self.reserve(bytes.len(), budget) {
             log::warn!(
                 "{}: message data memory limit reached; discarding this message",
                 self.session.peer()
             );
-            self.start_discard(Discard::OverBudget);
+            self.start_discard(Discard::OverBudget, budget);
             return;
         }
         self.unit.extend_from_slice(bytes);
     }
 
-    fn start_discard(&mut self, why: Discard) {
+    fn start_discard(&mut self, why: Discard, budget: &mut dyn MemoryBudget) {
         self.discard = Some(why);
-        self.drop_unit();
-    }
-
-    /// Frees the unit's buffer and its reservation.
-    fn drop_unit(&mut self) {
         self.unit = Vec::new();
-        self.release_all();
+        self.release_all(budget);
     }
 
-    fn release_all(&mut self) {
+    fn release_all(&mut self, budget: &mut dyn MemoryBudget) {
         let reserved = std::mem::take(&mut self.reserved);
-        if let (Some(budget), true) = (self.budget.as_mut(), reserved > 0) {
+        if reserved > 0 {
             budget.release(reserved);
         }
     }
 
     /// Makes room for `n` more bytes of message data in `unit`, within the budget; false
     /// when there is none.
-    fn reserve(&mut self, n: usize) -> bool {
+    fn reserve(&mut self, n: usize, budget: &mut dyn MemoryBudget) -> bool {
         let needed = self.unit.len() + n;
         let cap = self.unit.capacity();
         if needed <= cap {
@@ -243,23 +258,19 @@ impl Receiver {
         // the exact size still fits.
         let ceiling = self.session.input_limit().unwrap_or(usize::MAX).max(needed);
         let mut target = needed.max(cap.saturating_mul(2)).max(4096).min(ceiling);
-        if let Some(budget) = self.budget.as_mut() {
-            if !budget.try_reserve(target - cap) {
-                if !budget.try_reserve(needed - cap) {
-                    return false;
-                }
-                target = needed;
+        if !budget.try_reserve(target - cap) {
+            if !budget.try_reserve(needed - cap) {
+                return false;
             }
+            target = needed;
         }
         self.unit.reserve_exact(target - self.unit.len());
-        if self.budget.is_some() {
-            self.reserved += target - cap;
-        }
+        self.reserved += target - cap;
         true
     }
 
     /// Frames command-line input; returns the bytes taken.
-    fn line(&mut self, rest: &[u8], out: &mut Vec<Output>) -> usize {
+    fn line(&mut self, rest: &[u8], budget: &mut dyn MemoryBudget, out: &mut Vec<Output>) -> usize {
         let Position::Line { cr } = self.position else {
             unreachable!("line framing outside a line");
         };
@@ -270,7 +281,7 @@ impl Receiver {
                 return 1;
             }
             // The held CR was part of the line.
-            self.collect(b"\r");
+            self.collect(b"\r", budget);
         }
         let mut from = 0;
         while let Some(i) = memchr::memchr(b'\n', &rest[from..]) {
@@ -280,7 +291,7 @@ impl Receiver {
                 if self.unit.is_empty() && self.discard.is_none() {
                     self.end_line(Some(line), out);
                 } else {
-                    self.collect(line);
+                    self.collect(line, budget);
                     self.end_line(None, out);
                 }
                 return lf + 1;
@@ -290,10 +301,10 @@ impl Receiver {
         // No CRLF: keep what there is, holding back a final CR.
         match rest.split_last() {
             Some((b'\r', before)) => {
-                self.collect(before);
+                self.collect(before, budget);
                 self.position = Position::Line { cr: true };
             }
-            _ => self.collect(rest),
+            _ => self.collect(rest, budget),
         }
         rest.len()
     }
@@ -343,7 +354,7 @@ impl Receiver {
     }
 
     /// Frames body input; returns the bytes taken.
-    fn body(&mut self, rest: &[u8], out: &mut Vec<Output>) -> usize {
+    fn body(&mut self, rest: &[u8], budget: &mut dyn MemoryBudget, out: &mut Vec<Output>) -> usize {
         let Position::Data { matched, virtual_ } = self.position else {
             unreachable!("body framing outside DATA");
         };
@@ -352,7 +363,7 @@ impl Receiver {
             let need = &END_OF_DATA[matched..];
             let common = rest.iter().zip(need).take_while(|(a, b)| a == b).count();
             if common == need.len() {
-                self.end_body(None, out);
+                self.end_body(None, budget, out);
                 return common;
             }
             if common == rest.len() {
@@ -369,15 +380,15 @@ impl Receiver {
                 matched: 0,
                 virtual_: 0,
             };
-            self.collect(&END_OF_DATA[virtual_..matched]);
+            self.collect(&END_OF_DATA[virtual_..matched], budget);
         }
         match end_of_data().find(rest) {
             Some(i) => {
                 if self.unit.is_empty() && self.discard.is_none() {
-                    self.end_body(Some(&rest[..i]), out);
+                    self.end_body(Some(&rest[..i]), budget, out);
                 } else {
-                    self.collect(&rest[..i]);
-                    self.end_body(None, out);
+                    self.collect(&rest[..i], budget);
+                    self.end_body(None, budget, out);
                 }
                 i + END_OF_DATA.len()
             }
@@ -387,7 +398,7 @@ impl Receiver {
                     .rev()
                     .find(|&k| rest.ends_with(&END_OF_DATA[..k]))
                     .unwrap_or(0);
-                self.collect(&rest[..rest.len() - held]);
+                self.collect(&rest[..rest.len() - held], budget);
                 self.position = Position::Data {
                     matched: held,
                     virtual_: 0,
@@ -398,7 +409,12 @@ impl Receiver {
     }
 
     /// The body ended: `whole` is the body when it arrived in one piece, else it is in `unit`.
-    fn end_body(&mut self, whole: Option<&[u8]>, out: &mut Vec<Output>) {
+    fn end_body(
+        &mut self,
+        whole: Option<&[u8]>,
+        budget: &mut dyn MemoryBudget,
+        out: &mut Vec<Output>,
+    ) {
         let result = match self.discard.take() {
             Some(Discard::Oversize) => self.session.feed_oversize(out),
             Some(Discard::OverBudget) => {
@@ -419,7 +435,7 @@ impl Receiver {
                     log::debug!("{} data: {} bytes", self.session.peer(), unit.len());
                     let result = self.session.feed_data(&unit, out);
                     drop(unit);
-                    self.release_all();
+                    self.release_all(budget);
                     result
                 }
             },
@@ -428,11 +444,5 @@ impl Receiver {
             result.is_ok(),
             "framing fed a session that does not take input"
         );
-    }
-}
-
-impl Drop for Receiver {
-    fn drop(&mut self) {
-        self.release_all();
     }
 }
