@@ -70,7 +70,7 @@
 use std::cell::RefCell;
 use std::fmt::Write as _;
 use std::io::{self, BufRead, BufReader, Read, Write};
-use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
+use std::net::{SocketAddr, TcpStream};
 use std::rc::Rc;
 use std::sync::mpsc;
 use std::thread;
@@ -485,23 +485,13 @@ pub struct Client {
 }
 
 impl Client {
-    /// Connects to `addr` (a `SocketAddr`, `("127.0.0.1", 2525)`, `"localhost:2525"`: each
-    /// address it resolves to is tried in turn) and reads the greeting
-    /// ([`greeting`](Self::greeting)).
+    /// Connects and reads the greeting ([`greeting`](Self::greeting)).
     ///
     /// # Errors
     /// When the connection fails or no well-formed greeting arrives within 5 s.
-    pub fn connect(addr: impl ToSocketAddrs) -> io::Result<Client> {
-        let mut last = None;
-        for addr in addr.to_socket_addrs()? {
-            match TcpStream::connect_timeout(&addr, Duration::from_secs(5)) {
-                Ok(stream) => return Client::greeted(stream),
-                Err(e) => last = Some(e),
-            }
-        }
-        Err(last.unwrap_or_else(|| {
-            io::Error::new(io::ErrorKind::InvalidInput, "no address to connect to")
-        }))
+    pub fn connect(addr: SocketAddr) -> io::Result<Client> {
+        let stream = TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
+        Client::greeted(stream)
     }
 
     fn greeted(stream: TcpStream) -> io::Result<Client> {
@@ -1088,7 +1078,6 @@ impl SessionDriver {
             }
             Request::Message(message) => session.process_message(message, &mut cx),
         };
-        drop(cx);
         if let Request::Message(message) = request {
             self.messages.push(message);
         }
