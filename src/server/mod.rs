@@ -42,6 +42,7 @@ mod shared;
 mod spawn;
 
 pub use crate::smtp::{Message, Reply};
+#[cfg(feature = "testing")]
 pub(crate) use listener::session_config;
 pub use listener::{Listener, Shutdown};
 pub use session::{Backend, SmtpSession};
