@@ -3,6 +3,11 @@
 //! The reactor is `!Send` (like asyncore, everything in it runs on one thread), so it is built
 //! *on* its thread; only `Send` handles come back: the address, a `StopHandle` and a
 //! `RemoteHandle`. Run it with `cargo run --example run_in_thread`.
+//!
+//! For an SMTP server alone, `smtpd::server::spawn(addr, options, factory)` does all of this in
+//! one call (aiosmtpd's `Controller`): it returns a `ServerHandle` with `local_addr()`,
+//! `shutdown(grace)` and `join()`. This example shows what it does, for a reactor that runs
+//! more than one listener or dispatchers of your own.
 
 use std::cell::RefCell;
 use std::io;

@@ -86,6 +86,9 @@
 //! | `SMTPChannel.smtp_XXX` overrides | [`SmtpServer::commands`](server::SmtpServer::commands) / [`on_command`](server::SmtpServer::on_command), [`on_helo`](server::SmtpServer::on_helo), [`on_mail`](server::SmtpServer::on_mail), [`on_rcpt`](server::SmtpServer::on_rcpt) (the same hooks on [`SmtpSession`](server::SmtpSession), [`Backend::commands`](server::Backend::commands)) |
 //! | — (a hook answering later) | [`ServerCtx::defer`](server::ServerCtx::defer) → [`Ticket`](server::Ticket), returned as [`Outcome::deferred`](server::Outcome::deferred) |
 //! | — (calling a hook in a unit test) | [`ServerCtx::detached`](server::ServerCtx::detached) on a [`DetachedCtx`](server::DetachedCtx) (no socket, no reactor) |
+//! | — (a server's hooks through the whole dialogue in a unit test) | `testing::SessionDriver::with_server` (feature `testing`) |
+//! | aiosmtpd's `Controller` (a server on a thread of its own) | [`server::spawn`] → [`ServerHandle`](server::ServerHandle) (`local_addr`, `shutdown(grace)`, `join`) |
+//! | stopping one server in a loop that runs more | [`Listener::shutdown`](server::Listener::shutdown), then [`Listener::is_shut_down`](server::Listener::is_shut_down) |
 //!
 //! ## mio
 //!

@@ -80,8 +80,8 @@ use mio::event::Source;
 
 use crate::reactor::{Ctx, Dispatcher, Handle, Reactor, RemoteHandle, StopHandle, TimerId};
 use crate::server::{
-    AddressRequest, Backend, CommandRequest, HeloRequest, Listener, Message, Outcome, Reply,
-    ServerCtx, ServerOptions, Shutdown, SmtpServer, SmtpSession,
+    AddressRequest, Backend, CommandRequest, Deferral, DetachedCtx, HeloRequest, Listener, Message,
+    Outcome, Reply, ServerCtx, ServerOptions, Shutdown, SmtpServer, SmtpSession, TicketAnswer,
 };
 
 /// The host name test servers greet with unless [options](TestServerBuilder::options) say
@@ -491,6 +491,10 @@ impl Client {
     /// When the connection fails or no well-formed greeting arrives within 5 s.
     pub fn connect(addr: SocketAddr) -> io::Result<Client> {
         let stream = TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
+        Client::greeted(stream)
+    }
+
+    fn greeted(stream: TcpStream) -> io::Result<Client> {
         stream.set_read_timeout(Some(Duration::from_secs(5)))?;
         stream.set_write_timeout(Some(Duration::from_secs(5)))?;
         let mut client = Client {
@@ -613,35 +617,67 @@ impl Client {
     /// One mail transaction: `MAIL FROM`, a `RCPT TO` for each recipient, `DATA`, the data
     /// (dot-stuffed, CRLF added if missing) and the final dot. Returns the reply to the data — or
     /// the first refusal that ends the transaction (to MAIL, to DATA, or to RCPT when no
-    /// recipient was accepted).
+    /// recipient was accepted): [`Transaction::reply`] of [`transaction`](Self::transaction),
+    /// which has every reply (each recipient's too).
+    ///
+    /// Addresses go in angle brackets; they may have them already (`"<a@example.org>"`).
+    /// The null reverse-path (bounces) is `"<>"`, as [`Message::mail_from`] shows it, or `""`:
+    /// both send `MAIL FROM:<>`.
     ///
     /// # Errors
     /// As [`command`](Self::command).
     pub fn send_mail(&mut self, from: &str, to: &[&str], data: &[u8]) -> io::Result<Reply> {
-        let reply = self.command(&format!("MAIL FROM:<{from}>"))?;
-        if reply.code != 250 {
-            return Ok(reply);
+        Ok(self.transaction(from, to, data)?.reply().clone())
+    }
+
+    /// As [`send_mail`](Self::send_mail), returning every reply of the transaction: to MAIL,
+    /// to each RCPT, to DATA and to the data.
+    ///
+    /// ```
+    /// use smtpd::testing::{Client, TestServer};
+    /// let mut options = smtpd::server::ServerOptions::default();
+    /// options.session.max_recipients = 1;
+    /// let server = TestServer::builder().options(options).start()?;
+    /// let mut client = Client::connect(server.addr())?;
+    /// client.ehlo("me")?;
+    /// let t = client.transaction("<>", &["a@example.org", "b@example.org"], b"bounce")?;
+    /// assert_eq!(t.mail.code, 250);
+    /// assert_eq!(t.accepted(), ["a@example.org"]);
+    /// assert_eq!(t.rcpts[1].1.code, 452); // too many recipients
+    /// assert_eq!(t.reply().code, 250); // the message went to the first
+    /// assert!(t.is_delivered());
+    /// assert!(client.transcript_text().contains("C: MAIL FROM:<>\n"));
+    /// # Ok::<(), std::io::Error>(())
+    /// ```
+    ///
+    /// # Errors
+    /// As [`command`](Self::command).
+    pub fn transaction(&mut self, from: &str, to: &[&str], data: &[u8]) -> io::Result<Transaction> {
+        let mail = self.command(&format!("MAIL FROM:<{}>", path(from)))?;
+        let mut t = Transaction {
+            mail,
+            rcpts: Vec::new(),
+            data: None,
+            message: None,
+        };
+        if t.mail.code != 250 {
+            return Ok(t);
         }
-        let mut last = None;
-        let mut accepted = 0;
         for rcpt in to {
-            let reply = self.command(&format!("RCPT TO:<{rcpt}>"))?;
-            if reply.code / 100 == 2 {
-                accepted += 1;
-            }
-            last = Some(reply);
+            let reply = self.command(&format!("RCPT TO:<{}>", path(rcpt)))?;
+            t.rcpts.push((rcpt.to_string(), reply));
         }
-        if accepted == 0 {
-            if let Some(reply) = last {
-                return Ok(reply);
-            }
+        if !to.is_empty() && t.accepted().is_empty() {
+            return Ok(t);
         }
         let reply = self.command("DATA")?;
-        if reply.code != 354 {
-            return Ok(reply);
+        let go_on = reply.code == 354;
+        t.data = Some(reply);
+        if go_on {
+            self.send_raw(&dot_stuff(data))?;
+            t.message = Some(self.read_reply()?);
         }
-        self.send_raw(&dot_stuff(data))?;
-        self.read_reply()
+        Ok(t)
     }
 
     /// The dialogue so far.
@@ -660,6 +696,60 @@ impl Client {
         }
         text
     }
+}
+
+/// Every reply of one [`Client::transaction`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Transaction {
+    /// The reply to `MAIL FROM`.
+    pub mail: Reply,
+    /// Each recipient as given, with the reply to its `RCPT TO`, in order (none when MAIL was
+    /// refused).
+    pub rcpts: Vec<(String, Reply)>,
+    /// The reply to `DATA` (`354`, or a refusal); `None` when it was not sent (MAIL refused,
+    /// or every recipient refused).
+    pub data: Option<Reply>,
+    /// The reply to the data, after the final dot; `None` when the data was not sent.
+    pub message: Option<Reply>,
+}
+
+impl Transaction {
+    /// The reply that ended the transaction, what [`Client::send_mail`] returns: the reply to
+    /// the data, or the refusal that came first (of MAIL, of DATA, or of the last RCPT when
+    /// none was accepted).
+    pub fn reply(&self) -> &Reply {
+        if let Some(reply) = self.message.as_ref().or(self.data.as_ref()) {
+            return reply;
+        }
+        match self.rcpts.last() {
+            Some((_, reply)) => reply,
+            None => &self.mail,
+        }
+    }
+
+    /// The recipients whose `RCPT TO` got a `2xx` reply.
+    pub fn accepted(&self) -> Vec<&str> {
+        self.rcpts
+            .iter()
+            .filter(|(_, reply)| reply.code / 100 == 2)
+            .map(|(rcpt, _)| rcpt.as_str())
+            .collect()
+    }
+
+    /// Whether the message was taken: the reply to the data is `2xx`.
+    pub fn is_delivered(&self) -> bool {
+        self.message.as_ref().is_some_and(|r| r.code / 100 == 2)
+    }
+}
+
+/// An address as it goes between the angle brackets: without brackets it had already; the null
+/// path `"<>"` is empty.
+fn path(address: &str) -> &str {
+    address
+        .strip_prefix('<')
+        .and_then(|a| a.strip_suffix('>'))
+        .unwrap_or(address)
 }
 
 fn bad_reply(line: &str) -> io::Error {
@@ -691,9 +781,14 @@ fn dot_stuff(data: &[u8]) -> Vec<u8> {
 /// The server's input path without sockets: raw bytes go through the same
 /// [`Receiver`](crate::smtp::Receiver) the SMTP channel uses (CRLF lines, DATA ending at
 /// `CRLF.CRLF` primed by the `DATA` line's CRLF, over-long units discarded as they arrive) into
-/// a [`Session`](crate::smtp::Session); every request (connect, HELO, MAIL, RCPT, command,
-/// message) gets the default decision. For property tests and fuzzing: feed any bytes, cut
-/// anywhere, and inspect what came out.
+/// a [`Session`](crate::smtp::Session), and every request it makes (connect, HELO, MAIL, RCPT,
+/// command, message) is decided:
+///
+/// * by [`new`](Self::new): with the default decision. For property tests and fuzzing: feed
+///   any bytes, cut anywhere, and inspect what came out.
+/// * by [`with_server`](Self::with_server): by the hooks of *your* server, as a
+///   [`Listener`] would ask them, with a [detached](ServerCtx::detached) context instead of a
+///   reactor. Unit tests of a server's policy run the real dialogue this way, without a socket.
 ///
 /// ```
 /// use smtpd::testing::SessionDriver;
@@ -711,6 +806,25 @@ pub struct SessionDriver {
     messages: Vec<Message>,
     closed: bool,
     peak: usize,
+    /// The user's session, when driven [`with_server`](Self::with_server).
+    hooks: Option<Hooks>,
+    /// Input not taken yet: it waits for a deferred decision.
+    input: Vec<u8>,
+}
+
+/// A user's session and what the driver keeps to answer its deferrals.
+struct Hooks {
+    /// Dropped after `on_disconnect`.
+    session: Option<Box<dyn SmtpSession>>,
+    detached: DetachedCtx,
+    waiting: Option<Waiting>,
+}
+
+/// A decision a hook deferred.
+struct Waiting {
+    deferral: Deferral,
+    /// Whether it is the connect decision (answers are mapped as the channel maps them).
+    connect: bool,
 }
 
 impl std::fmt::Debug for SessionDriver {
@@ -719,16 +833,109 @@ impl std::fmt::Debug for SessionDriver {
             .field("receiver", &self.receiver)
             .field("replies", &self.replies.len())
             .field("messages", &self.messages.len())
+            .field("with_server", &self.hooks.is_some())
+            .field("waiting", &self.is_waiting())
+            .field("input", &self.input.len())
             .finish_non_exhaustive()
     }
 }
 
+/// The client address of a driver made without one.
+fn default_peer() -> SocketAddr {
+    SocketAddr::from(([192, 0, 2, 1], 25))
+}
+
 impl SessionDriver {
     /// A greeted session with `config` (which must pass
-    /// [`Config::validate`](crate::smtp::Config::validate)), for a client at `192.0.2.1:25`.
+    /// [`Config::validate`](crate::smtp::Config::validate)), for a client at `192.0.2.1:25`;
+    /// every request gets the default decision.
     pub fn new(config: crate::smtp::Config) -> SessionDriver {
-        let peer = SocketAddr::from(([192, 0, 2, 1], 25));
+        let session = crate::smtp::Session::new(std::sync::Arc::new(config), default_peer());
+        SessionDriver::started(session, None)
+    }
+
+    /// A session of `backend` (an `Rc<RefCell<S>>` of your [`SmtpServer`], or your own
+    /// [`Backend`]) for a client at `192.0.2.1:25`, with the settings of `config` (the
+    /// `options.session` of the [`ServerOptions`] your listener uses): as a [`Listener`] would
+    /// run it, the backend opens the session, its [`on_connect`](SmtpSession::on_connect)
+    /// decides the greeting, and every later request goes to its hooks — HELO/EHLO, MAIL, RCPT,
+    /// the verbs of [`Backend::commands`], the message — with the backend's EHLO keywords.
+    /// `on_reset` and `on_disconnect` are called when the channel would call them.
+    ///
+    /// A hook that defers ([`ServerCtx::defer`]) holds the dialogue as a channel would: input
+    /// fed meanwhile waits, and [`wait_for_answers`](Self::wait_for_answers) resolves the
+    /// session when the ticket is completed (from any thread);
+    /// [`expire_deferral`](Self::expire_deferral) plays the deadline's `451`. The hooks get a
+    /// [detached](ServerCtx::detached) context: [`ServerCtx::try_ctx`] is `None`.
+    ///
+    /// Not simulated: the timeouts, the greeting delay, connection limits and the listener's
+    /// data memory limit. A panic in a hook is not caught (the channel would answer `451`): it
+    /// fails the test where it happened.
+    ///
+    /// ```
+    /// use std::cell::RefCell;
+    /// use std::rc::Rc;
+    /// use smtpd::server::{AddressRequest, Message, Outcome, Reply, ServerCtx, SmtpServer};
+    /// use smtpd::testing::SessionDriver;
+    ///
+    /// #[derive(Default)]
+    /// struct NoSpam {
+    ///     delivered: usize,
+    /// }
+    ///
+    /// impl SmtpServer for NoSpam {
+    ///     fn on_mail(&mut self, r: &AddressRequest<'_>, _cx: &mut ServerCtx<'_, '_>) -> Outcome {
+    ///         if r.address.ends_with("@spam.example") {
+    ///             return Outcome::Reply(Reply::new(550, "5.7.1 Not from you"));
+    ///         }
+    ///         Outcome::Accept
+    ///     }
+    ///     fn process_message(&mut self, _m: &Message, _cx: &mut ServerCtx<'_, '_>) -> Outcome {
+    ///         self.delivered += 1;
+    ///         Outcome::Accept
+    ///     }
+    /// }
+    ///
+    /// let server = Rc::new(RefCell::new(NoSpam::default()));
+    /// let mut d = SessionDriver::with_server(server.clone(), smtpd::smtp::Config::default());
+    /// assert_eq!(d.replies()[0].code, 220);
+    /// d.feed(b"EHLO me\r\n");
+    /// assert_eq!(d.command("MAIL FROM:<x@spam.example>").unwrap().to_string(),
+    ///            "550 5.7.1 Not from you");
+    /// d.feed(b"MAIL FROM:<a@example.org>\r\nRCPT TO:<b@example.org>\r\nDATA\r\nhi\r\n.\r\n");
+    /// assert_eq!(d.last_reply().unwrap().code, 250);
+    /// assert_eq!(server.borrow().delivered, 1);
+    /// ```
+    ///
+    /// # Panics
+    /// When `config` does not pass [`Config::validate`](crate::smtp::Config::validate).
+    pub fn with_server(backend: impl Backend, config: crate::smtp::Config) -> SessionDriver {
+        SessionDriver::with_server_from(backend, config, default_peer())
+    }
+
+    /// As [`with_server`](Self::with_server), for a client at `peer`.
+    ///
+    /// # Panics
+    /// As [`with_server`](Self::with_server).
+    pub fn with_server_from(
+        mut backend: impl Backend,
+        config: crate::smtp::Config,
+        peer: SocketAddr,
+    ) -> SessionDriver {
+        if let Err(e) = config.validate() {
+            panic!("SessionDriver::with_server: {e}");
+        }
+        let config = crate::server::session_config(&config, &backend);
         let session = crate::smtp::Session::new(std::sync::Arc::new(config), peer);
+        let hooks = Hooks {
+            session: Some(backend.open_session(peer)),
+            detached: DetachedCtx::new(),
+            waiting: None,
+        };
+        SessionDriver::started(session, Some(hooks))
+    }
+
+    fn started(session: crate::smtp::Session, hooks: Option<Hooks>) -> SessionDriver {
         let mut driver = SessionDriver {
             receiver: crate::smtp::Receiver::new(session),
             outputs: Vec::new(),
@@ -736,16 +943,44 @@ impl SessionDriver {
             messages: Vec::new(),
             closed: false,
             peak: 0,
+            hooks,
+            input: Vec::new(),
         };
         driver.receiver.start(&mut driver.outputs);
         driver.act();
         driver
     }
 
-    /// Feeds bytes as they might arrive in one read; input after a close is ignored.
+    /// Feeds bytes as they might arrive in one read; input after a close is ignored. While a
+    /// decision is deferred, the input waits (as in the channel's buffer) and is taken when the
+    /// answer comes.
     pub fn feed(&mut self, bytes: &[u8]) {
+        if self.closed {
+            return;
+        }
+        if self.input.is_empty() {
+            let used = self.take(bytes);
+            if !self.closed {
+                self.input.extend_from_slice(&bytes[used..]);
+            }
+        } else {
+            self.input.extend_from_slice(bytes);
+            self.take_waiting_input();
+        }
+    }
+
+    /// Feeds one command line (CRLF is added) and returns the last reply it brought, if any
+    /// (none while its decision is deferred).
+    pub fn command(&mut self, line: &str) -> Option<&Reply> {
+        let before = self.replies.len();
+        self.feed(format!("{line}\r\n").as_bytes());
+        self.replies[before..].last()
+    }
+
+    /// Frames as much of `bytes` as the session takes now; returns how much it took.
+    fn take(&mut self, bytes: &[u8]) -> usize {
         let mut used = 0;
-        while used < bytes.len() && !self.closed {
+        while used < bytes.len() && !self.closed && !self.is_waiting() {
             let n = self.receiver.receive(&bytes[used..], &mut self.outputs);
             used += n;
             self.peak = self.peak.max(self.receiver.buffered());
@@ -755,27 +990,209 @@ impl SessionDriver {
                 break;
             }
         }
+        used
+    }
+
+    /// Offers the input that waited for a decision again.
+    fn take_waiting_input(&mut self) {
+        let mut input = std::mem::take(&mut self.input);
+        let used = self.take(&input);
+        if !self.closed {
+            input.drain(..used);
+            // Nothing was added meanwhile: `feed` is not re-entered from a hook.
+            self.input = input;
+        }
     }
 
     fn act(&mut self) {
-        use crate::smtp::{Decision, Output, Request};
+        use crate::smtp::Output;
         while !self.outputs.is_empty() {
             for output in std::mem::take(&mut self.outputs) {
                 match output {
                     Output::Reply(reply) => self.replies.push(reply),
-                    Output::Decide(request) => {
-                        if let Request::Message(message) = request {
-                            self.messages.push(message);
+                    Output::Decide(request) => self.decide(request),
+                    Output::Reset => {
+                        if let Some(session) = self.session_mut() {
+                            session.0.on_reset(&mut session.1.cx());
                         }
-                        self.receiver
-                            .resolve(Decision::Default, &mut self.outputs)
-                            .expect("a request is pending");
                     }
                     Output::Close => self.closed = true,
-                    _ => {}
                 }
             }
         }
+        if self.closed {
+            self.disconnect();
+        }
+    }
+
+    fn session_mut(&mut self) -> Option<(&mut dyn SmtpSession, &mut DetachedCtx)> {
+        let hooks = self.hooks.as_mut()?;
+        Some((hooks.session.as_deref_mut()?, &mut hooks.detached))
+    }
+
+    /// Asks the hooks (or takes the default), and resolves unless a hook deferred.
+    fn decide(&mut self, request: crate::smtp::Request) {
+        use crate::smtp::{Decision, Request};
+        let connect = matches!(request, Request::Connect);
+        let mail = matches!(request, Request::Mail(_));
+        let Some(hooks) = self.hooks.as_mut() else {
+            if let Request::Message(message) = request {
+                self.messages.push(message);
+            }
+            return self.finish(false, Decision::Default);
+        };
+        let Some(session) = hooks.session.as_deref_mut() else {
+            return self.finish(connect, Decision::Reply(crate::server::local_error()));
+        };
+        let state = self.receiver.session();
+        let peer = state.peer();
+        let helo = state.helo();
+        let envelope = state.envelope();
+        let mut cx = ServerCtx::detached(&mut hooks.detached);
+        // The requests as the channel builds them (see `server/channel.rs`).
+        let outcome = match &request {
+            Request::Connect => session.on_connect(peer, &mut cx),
+            Request::Helo(check) => {
+                let request = HeloRequest::new(peer, &check.name, check.extended);
+                session.on_helo(&request, &mut cx)
+            }
+            Request::Mail(check) | Request::Rcpt(check) => {
+                let empty = Vec::new();
+                let mail_from = envelope.map_or(check.address.as_str(), |e| e.mail_from.as_str());
+                let mut address = AddressRequest::rcpt(peer, mail_from, &check.address)
+                    .with_options(&check.options)
+                    .with_mail_options(envelope.map_or(&check.options, |e| &e.mail_options))
+                    .with_rcpt_tos(envelope.map_or(&empty, |e| &e.rcpt_tos));
+                if let Some(helo) = helo {
+                    address = address.with_helo(helo);
+                }
+                if mail {
+                    session.on_mail(&address, &mut cx)
+                } else {
+                    session.on_rcpt(&address, &mut cx)
+                }
+            }
+            Request::Command(check) => {
+                let request = CommandRequest::new(peer, helo, &check.verb, &check.arg);
+                session.on_command(&request, &mut cx)
+            }
+            Request::Message(message) => session.process_message(message, &mut cx),
+        };
+        if let Request::Message(message) = request {
+            self.messages.push(message);
+        }
+        let decision = match outcome {
+            Outcome::Accept => Decision::Default,
+            Outcome::Reply(reply) => Decision::Reply(reply),
+            Outcome::Deferred(deferral) if hooks.detached.is_current(&deferral) => {
+                hooks.waiting = Some(Waiting { deferral, connect });
+                return;
+            }
+            Outcome::Deferred(_) => {
+                log::error!(
+                    "Outcome::Deferred with a ticket this hook call did not obtain from \
+                     ServerCtx::defer; answering 451"
+                );
+                Decision::Reply(crate::server::local_error())
+            }
+        };
+        self.finish(connect, decision);
+    }
+
+    /// Gives the session its decision; a connect decision as the channel maps it (`250 OK`
+    /// greets with the default line, `451` becomes `421`).
+    fn finish(&mut self, connect: bool, decision: crate::smtp::Decision) {
+        use crate::smtp::Decision;
+        let decision = match decision {
+            Decision::Reply(reply) if connect && reply == Reply::ok() => Decision::Default,
+            Decision::Reply(reply) if connect && reply == crate::server::local_error() => {
+                Decision::Reply(Reply::new(
+                    421,
+                    format!(
+                        "{} Service not available, closing transmission channel",
+                        self.receiver.session().config().hostname
+                    ),
+                ))
+            }
+            other => other,
+        };
+        self.receiver
+            .resolve(decision, &mut self.outputs)
+            .expect("a request is pending");
+    }
+
+    /// Whether a hook deferred a decision that has not been answered yet.
+    pub fn is_waiting(&self) -> bool {
+        self.hooks.as_ref().is_some_and(|h| h.waiting.is_some())
+    }
+
+    /// Waits at most `timeout` for the answers of deferred decisions, and goes on with the
+    /// dialogue as each arrives (the input that waited is taken then; it may defer again, and
+    /// that answer is waited for too). Returns whether nothing is deferred any more.
+    ///
+    /// A ticket dropped unanswered answers `451`, as in the channel.
+    pub fn wait_for_answers(&mut self, timeout: Duration) -> bool {
+        let deadline = std::time::Instant::now() + timeout;
+        loop {
+            let Some(hooks) = self.hooks.as_mut() else {
+                return true;
+            };
+            let Some(waiting) = &hooks.waiting else {
+                return true;
+            };
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            let Some(answer) = hooks.detached.answer(&waiting.deferral, left) else {
+                return false;
+            };
+            let connect = waiting.connect;
+            hooks.waiting = None;
+            let reply = match answer {
+                TicketAnswer::Reply(reply) => reply,
+                TicketAnswer::Dropped => crate::server::local_error(),
+            };
+            self.finish(connect, crate::smtp::Decision::Reply(reply));
+            self.act();
+            self.take_waiting_input();
+        }
+    }
+
+    /// Plays the deferral deadline
+    /// ([`ServerOptions::defer_timeout`](crate::server::ServerOptions::defer_timeout)): the
+    /// decision being waited for is answered `451` (`421` and a close for the connect
+    /// decision), a later answer of its ticket is ignored, and the dialogue goes on. Returns
+    /// whether a decision was waiting.
+    pub fn expire_deferral(&mut self) -> bool {
+        let Some(waiting) = self.hooks.as_mut().and_then(|h| h.waiting.take()) else {
+            return false;
+        };
+        self.finish(
+            waiting.connect,
+            crate::smtp::Decision::Reply(crate::server::local_error()),
+        );
+        self.act();
+        self.take_waiting_input();
+        true
+    }
+
+    /// The client goes away (also done when the session closes: QUIT, a refusal, the error
+    /// limit): as the channel's close, the session's `on_reset` runs if a transaction was
+    /// open, then its `on_disconnect`, and the session is dropped. A deferred decision is
+    /// forgotten. Nothing is taken after it.
+    pub fn disconnect(&mut self) {
+        self.closed = true;
+        self.input.clear();
+        let in_transaction = self.receiver.session().in_transaction();
+        let Some(hooks) = self.hooks.as_mut() else {
+            return;
+        };
+        hooks.waiting = None;
+        let Some(mut session) = hooks.session.take() else {
+            return;
+        };
+        if in_transaction {
+            session.on_reset(&mut hooks.detached.cx());
+        }
+        session.on_disconnect(&mut hooks.detached.cx());
     }
 
     /// Every reply so far, the greeting first.
@@ -783,12 +1200,19 @@ impl SessionDriver {
         &self.replies
     }
 
-    /// Every message delivered so far.
+    /// The latest reply.
+    pub fn last_reply(&self) -> Option<&Reply> {
+        self.replies.last()
+    }
+
+    /// Every message delivered so far (with a server: every message handed to its
+    /// `process_message`, whatever it answered).
     pub fn messages(&self) -> &[Message] {
         &self.messages
     }
 
-    /// Whether the session closed (QUIT, or the error limit).
+    /// Whether the session closed (QUIT, the error limit, a refused connection, or
+    /// [`disconnect`](Self::disconnect)).
     pub fn is_closed(&self) -> bool {
         self.closed
     }

@@ -303,3 +303,54 @@ fn test_server_lifetime_bounds_a_forgotten_server() {
     server.stop();
     assert!(started.elapsed() < LIMIT);
 }
+
+#[test]
+fn client_takes_the_null_sender_and_reports_every_reply() {
+    let mut options = ServerOptions::default();
+    options.session.hostname = TEST_HOSTNAME.into();
+    options.session.max_recipients = 2;
+    let server = TestServer::builder().options(options).start().unwrap();
+    let mut c = Client::connect(server.addr()).unwrap();
+    c.ehlo("me.example").unwrap();
+    // "<>" as Message::mail_from shows it, and "" too: both are `MAIL FROM:<>`.
+    for null in ["<>", ""] {
+        assert_eq!(
+            c.send_mail(null, &["a@x.org"], b"bounce").unwrap().code,
+            250
+        );
+        assert_eq!(server.wait_for_message(LIMIT).unwrap().mail_from, "<>");
+    }
+    assert_eq!(c.transcript_text().matches("C: MAIL FROM:<>\n").count(), 2);
+    // Every reply of a transaction: the third recipient is over the limit.
+    let t = c
+        .transaction("<a@x.org>", &["b@x.org", "<c@x.org>", "d@x.org"], b"hi")
+        .unwrap();
+    assert_eq!(t.mail, Reply::ok());
+    assert_eq!(codes(&t.rcpts), [250, 250, 452]);
+    assert_eq!(t.accepted(), ["b@x.org", "<c@x.org>"]);
+    assert_eq!(t.data.as_ref().map(|r| r.code), Some(354));
+    assert_eq!(t.reply(), &Reply::ok());
+    assert!(t.is_delivered());
+    assert_eq!(
+        server.wait_for_message(LIMIT).unwrap().rcpt_tos,
+        ["b@x.org", "c@x.org"]
+    );
+    // A refused MAIL ends it: no recipient, no data.
+    let t = c.transaction("<bad", &["b@x.org"], b"hi").unwrap();
+    assert_eq!(t.mail.code / 100, 5);
+    assert!(t.rcpts.is_empty() && t.data.is_none() && t.message.is_none());
+    assert_eq!(t.reply(), &t.mail);
+    assert!(!t.is_delivered());
+    // Every recipient refused: the last refusal is the answer, DATA is not sent.
+    let t = c
+        .transaction("a@x.org", &["<bad", "<worse"], b"hi")
+        .unwrap();
+    assert_eq!(codes(&t.rcpts), [501, 501]);
+    assert!(t.data.is_none());
+    assert_eq!(t.reply(), &t.rcpts[1].1);
+    c.command("RSET").unwrap();
+}
+
+fn codes(rcpts: &[(String, Reply)]) -> Vec<u16> {
+    rcpts.iter().map(|(_, r)| r.code).collect()
+}

@@ -1,6 +1,7 @@
 //! [`Listener`]: the accepting half of `smtpd.SMTPServer`, and graceful shutdown.
 
 use std::any::Any;
+use std::cell::Cell;
 use std::io::{self, Write};
 use std::net::{IpAddr, SocketAddr};
 use std::rc::Rc;
@@ -17,12 +18,15 @@ use crate::chat::ChatDispatcher;
 use crate::reactor::{Acceptor, AcceptorOptions, Ctx, Dispatcher, Handle, Reactor, TimerId};
 use crate::smtp::Config;
 
-/// Ask a [`Listener`] to shut down gracefully: send it with [`Reactor::notify`] or
-/// [`RemoteHandle::notify`](crate::reactor::RemoteHandle::notify) to the listener's handle.
+/// Ask a [`Listener`] to shut down gracefully: [`Listener::shutdown`] does it, or send it
+/// yourself with [`Reactor::notify`], [`Ctx::notify`] or
+/// [`RemoteHandle::notify`](crate::reactor::RemoteHandle::notify) to the listener's
+/// [handle](Listener::handle).
 ///
 /// The listener stops accepting and closes; idle connections get `421` at once; a connection
 /// in the middle of a transaction may finish it (its message is answered) and then gets `421`,
-/// or gets `421` when `grace` runs out. [`Reactor::run`] returns once everything is closed.
+/// or gets `421` when `grace` runs out. [`Listener::is_shut_down`] tells when all of that is
+/// over; [`Reactor::run`] returns then too if the reactor has nothing else to run.
 #[derive(Clone, Copy, Debug)]
 pub struct Shutdown {
     /// How long transactions in flight may take to finish.
@@ -36,10 +40,18 @@ type AcceptFn = Box<dyn FnMut(TcpStream, SocketAddr, &mut Ctx<'_>)>;
 /// [`SmtpServer`](super::SmtpServer), all handing their messages to that one server). Several
 /// listeners (with the same or different servers) can share one reactor, as asyncore servers
 /// shared one socket map.
+///
+/// The value is a *handle* to the listening dispatcher, which lives in the reactor: dropping
+/// the `Listener` stops nothing (the server goes on serving). To stop it, call
+/// [`shutdown`](Self::shutdown) (graceful: see [`Shutdown`]) or close its
+/// [handle](Self::handle); [`is_shut_down`](Self::is_shut_down) then says when its last
+/// connection is gone.
 pub struct Listener {
     handle: Handle,
     local_addr: SocketAddr,
     shared: Rc<ListenerShared>,
+    /// Set when the listening dispatcher is gone (shut down, closed, or dropped).
+    closed: Rc<Cell<bool>>,
 }
 
 impl Listener {
@@ -87,25 +99,7 @@ impl Listener {
             .validate()
             .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e.to_string()))?;
         let local_addr = listener.local_addr()?;
-        // The server's hooks decide every connection, greeting, MAIL and RCPT (the defaults
-        // accept, as CPython does).
-        let mut config = Config {
-            check_connect: true,
-            check_helo: true,
-            check_mail: true,
-            check_rcpt: true,
-            ..options.session.clone()
-        };
-        {
-            // HELO and EHLO listed here go to on_command instead of on_helo.
-            config.custom_verbs = server.commands().iter().map(|v| v.to_uppercase()).collect();
-            let default = crate::smtp::default_ehlo_keywords(&config);
-            let mut keywords = default.clone();
-            server.ehlo_keywords(&mut keywords);
-            if keywords != default {
-                config.ehlo_keywords = Some(keywords);
-            }
-        }
+        let config = session_config(&options.session, &*server);
         let shared = Rc::new(ListenerShared::new(options, config, server));
         let accept_shared = shared.clone();
         let on_accept: AcceptFn = Box::new(move |mut stream, peer, ctx| {
@@ -139,16 +133,62 @@ impl Listener {
             },
             on_accept,
         );
+        let closed = Rc::new(Cell::new(false));
         let handle = reactor.add(ListenerDispatcher {
             acceptor,
             shared: shared.clone(),
+            closed: closed.clone(),
         })?;
         log::info!("listening on {local_addr}");
         Ok(Listener {
             handle,
             local_addr,
             shared,
+            closed,
         })
+    }
+
+    /// Shuts the listener down gracefully (see [`Shutdown`]): from the next tick of `reactor`
+    /// on, it accepts nothing more, idle connections get `421`, and transactions in flight
+    /// have `grace` to finish. Returns at once; [`is_shut_down`](Self::is_shut_down) says
+    /// when the last connection is gone, so a loop that runs other dispatchers too can wait
+    /// for it:
+    ///
+    /// ```no_run
+    /// # use std::time::{Duration, Instant};
+    /// # use smtpd::reactor::Reactor;
+    /// # fn wait(reactor: &mut Reactor, listener: &smtpd::server::Listener) -> std::io::Result<()> {
+    /// let grace = Duration::from_secs(30);
+    /// listener.shutdown(reactor, grace);
+    /// // Give it the grace and a little more for the last replies to go out.
+    /// let deadline = Instant::now() + grace + Duration::from_secs(5);
+    /// let done = reactor.run_until(deadline, |_| listener.is_shut_down())?;
+    /// assert!(done, "connections still open after the grace");
+    /// # Ok(())
+    /// # }
+    /// ```
+    ///
+    /// From a dispatcher's hook, send the [`Shutdown`] with [`Ctx::notify`] to
+    /// [`handle`](Self::handle) instead; from another thread, with
+    /// [`RemoteHandle::notify`](crate::reactor::RemoteHandle::notify). Calling it again, or
+    /// after the listener closed, does nothing.
+    pub fn shutdown(&self, reactor: &mut Reactor, grace: Duration) {
+        if !self.closed.get() {
+            reactor.notify(self.handle, Shutdown { grace });
+        }
+    }
+
+    /// Whether the listener has stopped accepting (after [`shutdown`](Self::shutdown), a
+    /// [`Shutdown`] sent to it, or its dispatcher closed otherwise) **and** every connection it
+    /// accepted is gone. It changes only inside a tick of the reactor, so checking it after
+    /// each [`Reactor::poll_once`] or in [`Reactor::run_until`]'s predicate never misses it.
+    pub fn is_shut_down(&self) -> bool {
+        self.closed.get() && self.shared.connections.get() == 0
+    }
+
+    /// Whether the listener still accepts connections (its dispatcher is alive).
+    pub fn is_listening(&self) -> bool {
+        !self.closed.get()
     }
 
     /// The address actually bound.
@@ -188,9 +228,42 @@ impl std::fmt::Debug for Listener {
     }
 }
 
+/// The [`Config`] of a listener's sessions: `session` with every decision asked of the
+/// backend's hooks (the defaults accept, as CPython does), its custom verbs and EHLO keywords.
+pub(crate) fn session_config(session: &Config, backend: &dyn Backend) -> Config {
+    let mut config = Config {
+        check_connect: true,
+        check_helo: true,
+        check_mail: true,
+        check_rcpt: true,
+        ..session.clone()
+    };
+    // HELO and EHLO listed here go to on_command instead of on_helo.
+    config.custom_verbs = backend
+        .commands()
+        .iter()
+        .map(|v| v.to_uppercase())
+        .collect();
+    let default = crate::smtp::default_ehlo_keywords(&config);
+    let mut keywords = default.clone();
+    backend.ehlo_keywords(&mut keywords);
+    if keywords != default {
+        config.ehlo_keywords = Some(keywords);
+    }
+    config
+}
+
 struct ListenerDispatcher {
     acceptor: Acceptor<AcceptFn>,
     shared: Rc<ListenerShared>,
+    closed: Rc<Cell<bool>>,
+}
+
+impl Drop for ListenerDispatcher {
+    /// The reactor drops a dispatcher as soon as it is closed (also after a panic in a hook).
+    fn drop(&mut self) {
+        self.closed.set(true);
+    }
 }
 
 impl Dispatcher for ListenerDispatcher {

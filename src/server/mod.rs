@@ -39,10 +39,14 @@ mod channel;
 mod listener;
 mod session;
 mod shared;
+mod spawn;
 
 pub use crate::smtp::{Message, Reply};
+#[cfg(feature = "testing")]
+pub(crate) use listener::session_config;
 pub use listener::{Listener, Shutdown};
 pub use session::{Backend, SmtpSession};
+pub use spawn::{spawn, ServerHandle, ShutdownTrigger, SHUTDOWN_MARGIN};
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc;
