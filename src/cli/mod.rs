@@ -304,6 +304,14 @@ fn serve(options: &Options, classes: &Classes) -> Result<(), String> {
     server_options.session.data_size_limit = options.size_limit.unwrap_or(DATA_SIZE_DEFAULT);
     server_options.session.enable_smtputf8 = options.enable_smtputf8;
 
+    // The handlers are installed before the listener exists: a signal that arrives as soon as
+    // clients can connect is kept (and acted on once the loop runs), never the default kill.
+    // This starts no thread.
+    let mut signals = signal_hook::iterator::Signals::new([
+        signal_hook::consts::SIGINT,
+        signal_hook::consts::SIGTERM,
+    ])
+    .map_err(|e| format!("Cannot handle signals: {e}"))?;
     let mut reactor = Reactor::new().map_err(|e| format!("Cannot start the event loop: {e}"))?;
     let listener = Listener::bind(&mut reactor, local, server, server_options)
         .map_err(|e| format!("Cannot listen on {local}: {e}"))?;
@@ -316,11 +324,6 @@ fn serve(options: &Options, classes: &Classes) -> Result<(), String> {
     }
     let remote = reactor.remote();
     let target = listener.handle();
-    let mut signals = signal_hook::iterator::Signals::new([
-        signal_hook::consts::SIGINT,
-        signal_hook::consts::SIGTERM,
-    ])
-    .map_err(|e| format!("Cannot handle signals: {e}"))?;
     std::thread::spawn(move || {
         let mut seen = 0;
         for signal in signals.forever() {
