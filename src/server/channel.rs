@@ -60,6 +60,12 @@ struct DataClock {
     bytes: usize,
 }
 
+thread_local! {
+    /// Where replies are written before they are queued: one buffer per thread, not per
+    /// connection.
+    static WIRE: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
 /// The protocol half of one SMTP connection (Python's `SMTPChannel`).
 pub(crate) struct SmtpChannel {
     receiver: Receiver,
@@ -71,11 +77,11 @@ pub(crate) struct SmtpChannel {
     guard: ConnectionGuard,
     phase: Phase,
     outputs: Vec<Output>,
-    wire: Vec<u8>,
-    deferred: Option<Deferred>,
+    /// Boxed, as the data clock: rare states, kept out of every idle connection's size.
+    deferred: Option<Box<Deferred>>,
     idle: Option<TimerId>,
     /// Deadlines of the DATA phase in progress.
-    data_clock: Option<DataClock>,
+    data_clock: Option<Box<DataClock>>,
 }
 
 impl SmtpChannel {
@@ -92,7 +98,6 @@ impl SmtpChannel {
             guard,
             phase: Phase::Smtp,
             outputs: Vec::new(),
-            wire: Vec::new(),
             deferred: None,
             idle: None,
             data_clock: None,
@@ -104,16 +109,15 @@ impl SmtpChannel {
     }
 
     fn push_reply(&mut self, chat: &mut ChatCtl, reply: &Reply) {
-        self.wire.clear();
-        reply.write_to(&mut self.wire);
-        if log::log_enabled!(log::Level::Debug) {
-            log::debug!(
-                "{} reply: {}",
-                self.peer(),
-                String::from_utf8_lossy(&self.wire).trim_end()
-            );
-        }
-        chat.push(&self.wire);
+        let peer = self.peer();
+        WIRE.with_borrow_mut(|wire| {
+            wire.clear();
+            reply.write_to(wire);
+            if log::log_enabled!(log::Level::Debug) {
+                log::debug!("{peer} reply: {}", String::from_utf8_lossy(wire).trim_end());
+            }
+            chat.push(wire);
+        });
     }
 
     /// Sends a last reply and closes once it is out.
@@ -159,12 +163,12 @@ impl SmtpChannel {
                     ctx.cancel_timer(idle);
                 }
                 let now = Instant::now();
-                self.data_clock = Some(DataClock {
+                self.data_clock = Some(Box::new(DataClock {
                     timer: ctx.set_timer(timeout),
                     started: now,
                     last: now,
                     bytes: 0,
-                });
+                }));
             }
             (Some(_), false) => {
                 if let Some(clock) = self.data_clock.take() {
@@ -337,12 +341,12 @@ impl SmtpChannel {
                     ctx.cancel_timer(idle);
                 }
                 let timer = ctx.set_timer(self.shared.options.defer_timeout);
-                self.deferred = Some(Deferred {
+                self.deferred = Some(Box::new(Deferred {
                     ticket,
                     timer,
                     summary,
                     kind,
-                });
+                }));
             }
             (Outcome::Deferred(_), _) => {
                 let summary = summary();

@@ -14,7 +14,7 @@ use mio::Interest;
 use super::channel::SmtpChannel;
 use super::shared::{ChannelShutdown, ConnectionGuard, ListenerShared};
 use super::{Backend, ServerOptions};
-use crate::chat::ChatDispatcher;
+use crate::chat::{ChatDispatcher, Socket};
 use crate::reactor::{Acceptor, AcceptorOptions, Ctx, Dispatcher, Handle, Reactor, TimerId};
 use crate::smtp::Config;
 
@@ -113,8 +113,9 @@ impl Listener {
             let guard = ConnectionGuard::new(shared.clone(), ip);
             let _ = stream.set_nodelay(true);
             let channel = SmtpChannel::new(shared.clone(), guard, peer);
+            // Over the enum transport, which STARTTLS can switch in place.
             ctx.spawn(ChatDispatcher::with_options(
-                stream,
+                Socket::from(stream),
                 channel,
                 shared.options.chat.clone(),
             ));
