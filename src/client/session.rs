@@ -296,10 +296,9 @@ impl Client {
         self.partial_code = code;
         self.partial.push(text);
         if last {
-            let reply = Reply {
-                code,
-                lines: std::mem::take(&mut self.partial),
-            };
+            // The texts are kept as the upstream sent them (an enhanced code stays in the
+            // text, where `Reply::enhanced_code` finds it), so a relay quotes them unchanged.
+            let reply = Reply::multiline(code, std::mem::take(&mut self.partial));
             self.handle_reply(reply);
         }
     }

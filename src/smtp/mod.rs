@@ -33,10 +33,13 @@
 //!
 //! `session.rs` is the only file that changes state: its `State` enum
 //! (command, data, waiting, closed) carries each state's data (the
-//! [`Envelope`] of the transaction). The other files are pure: `command.rs`
-//! splits lines and parameters, `address.rs` parses paths, `data.rs` builds
-//! the message body, `reply.rs` is the reply type, `replies.rs` is the table
-//! of every reply text, `config.rs` the settings.
+//! [`Envelope`] of the transaction); it also builds the replies that depend on
+//! the [`Config`] (greeting, HELO, EHLO, too many errors). The other files are
+//! pure: `receiver.rs` frames bytes, `command.rs` splits lines and parameters,
+//! `address.rs` parses paths, `param.rs` holds the typed parameters and
+//! recipients, `peer.rs` the [`Peer`], `data.rs` builds the message body,
+//! `reply.rs` is the reply type, `replies.rs` is the crate-private table of
+//! every fixed reply text, `config.rs` the settings.
 
 #![deny(missing_docs)]
 
@@ -44,8 +47,10 @@ mod address;
 mod command;
 mod config;
 mod data;
+mod param;
+mod peer;
 mod receiver;
-pub mod replies;
+pub(crate) mod replies;
 mod reply;
 mod session;
 
@@ -53,12 +58,13 @@ mod session;
 mod tests;
 
 pub use config::{
-    BareLf, Config, ConfigError, COMMAND_SIZE_LIMIT, DATA_SIZE_DEFAULT, SIZE_EXTENSION_BYTES,
-    SMTPUTF8_EXTENSION_BYTES,
+    default_ehlo_keywords, BareLf, Config, ConfigError, COMMAND_SIZE_LIMIT, DATA_SIZE_DEFAULT,
+    SIZE_EXTENSION_BYTES, SMTPUTF8_EXTENSION_BYTES,
 };
+pub use param::{Param, Recipient};
+pub use peer::Peer;
 pub use receiver::{MemoryBudget, Receiver};
-pub use replies::default_ehlo_keywords;
-pub use reply::Reply;
+pub use reply::{EnhancedCode, ParseEnhancedCodeError, Reply};
 pub use session::{
     AddressCheck, CommandCheck, Decision, Envelope, Framing, HeloCheck, Message, Output, Request,
     Session, UsageError,
