@@ -113,6 +113,7 @@
 //! back through a [`Ticket`](server::Ticket), which uses the remote handle).
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
+#![warn(missing_debug_implementations)]
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
 pub use mio;

@@ -80,7 +80,7 @@ use mio::event::Source;
 
 use crate::reactor::{Ctx, Dispatcher, Handle, Reactor, RemoteHandle, StopHandle, TimerId};
 use crate::server::{
-    AddressRequest, Backend, CommandRequest, HeloRequest, Listener, Message, Outcome, Reply,
+    AddressRequest, Backend, CommandRequest, HeloRequest, Listener, Message, Outcome, Peer, Reply,
     ServerCtx, ServerOptions, Shutdown, SmtpServer, SmtpSession,
 };
 
@@ -243,7 +243,7 @@ struct Recording {
 }
 
 impl Backend for Recording {
-    fn open_session(&mut self, peer: SocketAddr) -> Box<dyn SmtpSession> {
+    fn open_session(&mut self, peer: &Peer) -> Box<dyn SmtpSession> {
         Box::new(RecordingSession {
             inner: self.inner.open_session(peer),
             seen: self.seen.clone(),
@@ -271,7 +271,7 @@ impl SmtpSession for RecordingSession {
         self.inner.process_message(message, cx)
     }
 
-    fn on_connect(&mut self, peer: SocketAddr, cx: &mut ServerCtx<'_, '_>) -> Outcome {
+    fn on_connect(&mut self, peer: &Peer, cx: &mut ServerCtx<'_, '_>) -> Outcome {
         self.inner.on_connect(peer, cx)
     }
 

@@ -14,8 +14,8 @@ use std::time::{Duration, Instant};
 use mio::event::Source;
 use smtpd::reactor::{Ctx, Dispatcher, Reactor, StopHandle, TimerId};
 use smtpd::server::{
-    Backend, Listener, Message, Outcome, Reply, ServerCtx, ServerOptions, Shutdown, SmtpServer,
-    SmtpSession, Ticket,
+    Backend, Listener, Message, Outcome, Peer, Reply, ServerCtx, ServerOptions, Shutdown,
+    SmtpServer, SmtpSession, Ticket,
 };
 
 /// What the recording server answers.
@@ -892,7 +892,7 @@ struct Counted {
 }
 
 impl Backend for Counting {
-    fn open_session(&mut self, _peer: SocketAddr) -> Box<dyn SmtpSession> {
+    fn open_session(&mut self, _peer: &Peer) -> Box<dyn SmtpSession> {
         Box::new(Counted {
             closed: self.closed.clone(),
             helo: String::new(),
@@ -973,14 +973,14 @@ struct Gated {
 }
 
 impl Backend for Gate {
-    fn open_session(&mut self, _peer: SocketAddr) -> Box<dyn SmtpSession> {
+    fn open_session(&mut self, _peer: &Peer) -> Box<dyn SmtpSession> {
         let verdict = Some(self.verdicts.borrow_mut().remove(0));
         Box::new(Gated { verdict })
     }
 }
 
 impl SmtpSession for Gated {
-    fn on_connect(&mut self, _peer: SocketAddr, cx: &mut ServerCtx<'_, '_>) -> Outcome {
+    fn on_connect(&mut self, _peer: &Peer, cx: &mut ServerCtx<'_, '_>) -> Outcome {
         let ticket = cx.defer();
         let deferred = Outcome::deferred(&ticket);
         let verdict = self.verdict.take().expect("on_connect runs once");
@@ -1103,7 +1103,7 @@ impl SmtpSession for StaleDeferral {
 struct StaleBackend;
 
 impl Backend for StaleBackend {
-    fn open_session(&mut self, _peer: SocketAddr) -> Box<dyn SmtpSession> {
+    fn open_session(&mut self, _peer: &Peer) -> Box<dyn SmtpSession> {
         Box::new(StaleDeferral { kept: None })
     }
 }
@@ -1127,7 +1127,7 @@ fn a_deferral_from_an_older_ticket_answers_451() {
 struct Broken;
 
 impl Backend for Broken {
-    fn open_session(&mut self, _peer: SocketAddr) -> Box<dyn SmtpSession> {
+    fn open_session(&mut self, _peer: &Peer) -> Box<dyn SmtpSession> {
         panic!("no session today")
     }
 }

@@ -513,7 +513,7 @@ fn parse_capabilities(reply: &Reply) -> Capabilities {
 }
 
 /// Dot-stuffs a message (RFC 5321 4.5.2) and appends the end-of-data marker.
-pub fn dot_stuff(data: &[u8]) -> Vec<u8> {
+pub(crate) fn dot_stuff(data: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(data.len() + data.len() / 64 + 8);
     let mut at_line_start = true;
     let mut rest = data;

@@ -270,11 +270,11 @@ impl SmtpChannel {
         let session = self.receiver.session();
         let helo = session.helo();
         let envelope = session.envelope();
-        let empty = Vec::new();
         let (summary, outcome): (Box<dyn Fn() -> String + '_>, _) = match &request {
             Request::Connect => {
                 let summary = move || format!("{peer} connect");
-                let outcome = call_hook(&summary, ctx, |cx| hooks.on_connect(peer, cx));
+                let info = session.peer_info();
+                let outcome = call_hook(&summary, ctx, |cx| hooks.on_connect(info, cx));
                 (Box::new(summary), outcome)
             }
             Request::Helo(check) => {
@@ -300,7 +300,10 @@ impl SmtpChannel {
                     address: &check.address,
                     options: &check.options,
                     mail_options: envelope.map_or(&check.options, |e| &e.mail_options),
-                    rcpt_tos: envelope.map_or(&empty, |e| &e.rcpt_tos),
+                    rcpt_tos: envelope.map_or(&[], |e| &e.rcpt_tos),
+                    params: &check.params,
+                    mail_params: envelope.map_or(&check.params, |e| &e.mail_params),
+                    recipients: envelope.map_or(&[], |e| &e.recipients),
                 };
                 let outcome = call_hook(&summary, ctx, |cx| {
                     if mail {
@@ -556,8 +559,9 @@ impl ChatHandler for SmtpChannel {
         log::debug!("{peer} connected");
         self.guard.register(ctx.handle());
         let shared = self.shared.clone();
+        let info = self.receiver.session().peer_info();
         let opened = catch_unwind(AssertUnwindSafe(|| {
-            shared.backend.borrow_mut().open_session(peer)
+            shared.backend.borrow_mut().open_session(info)
         }));
         match opened {
             Ok(hooks) => self.hooks = Some(hooks),

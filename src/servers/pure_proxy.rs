@@ -14,7 +14,7 @@ use crate::client::{Client, ClientConfig, Event, EventHandler, MailParams, Relay
 use crate::client::RelayCommand;
 use crate::reactor::{Ctx, Handle};
 use crate::server::{
-    AddressRequest, Backend, Message, Outcome, Reply, ServerCtx, SmtpSession, Ticket,
+    AddressRequest, Backend, Message, Outcome, Peer, Reply, ServerCtx, SmtpSession, Ticket,
 };
 use crate::sys::fqdn;
 
@@ -218,7 +218,7 @@ impl PureProxy {
 }
 
 impl Backend for PureProxy {
-    fn open_session(&mut self, _peer: SocketAddr) -> Box<dyn SmtpSession> {
+    fn open_session(&mut self, _peer: &Peer) -> Box<dyn SmtpSession> {
         Box::new(ProxySession {
             settings: self.settings.clone(),
             live: None,

@@ -24,7 +24,7 @@ pub enum Suffixes {
 /// What a list address asks for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[non_exhaustive]
-pub enum Command {
+pub(crate) enum Command {
     /// `LIST`: a post.
     Post,
     /// `LIST-admin`: Mailman 2's bounce address (Mailman 3 calls it `-bounces`).
@@ -105,7 +105,7 @@ impl Command {
 
 /// A recipient that may be a list address.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Candidate {
+pub(crate) struct Candidate {
     /// The list name, lower-case, without domain (Mailman 2's name for the list).
     pub list: String,
     /// What the address asks for.
@@ -141,7 +141,7 @@ impl Candidate {
 /// assert_eq!((c.list.as_str(), c.command), ("test", Command::Request));
 /// assert_eq!(classify("my-list-request@example.com", Suffixes::Cpython), None);
 /// ```
-pub fn classify(rcpt: &str, suffixes: Suffixes) -> Option<Candidate> {
+pub(crate) fn classify(rcpt: &str, suffixes: Suffixes) -> Option<Candidate> {
     let lower = rcpt.to_lowercase();
     // CPython: rcpt.lower().split('@')[0]; the domain is what follows the last '@'.
     let local = lower.split('@').next().unwrap_or("");
@@ -190,7 +190,7 @@ pub fn classify(rcpt: &str, suffixes: Suffixes) -> Option<Candidate> {
 /// `ACCEPTABLE_LISTNAME_CHARACTERS` (`[-+_.=a-z0-9]`), not empty, not starting with a dot (so
 /// neither `.` nor `..`), at most 255 bytes. Nothing else ever reaches the file system, so no
 /// path can escape the lists directory.
-pub fn is_safe_list_name(name: &str) -> bool {
+pub(crate) fn is_safe_list_name(name: &str) -> bool {
     !name.is_empty()
         && name.len() <= 255
         && !name.starts_with('.')

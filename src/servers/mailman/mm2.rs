@@ -70,7 +70,7 @@ impl Mailman2 {
 }
 
 /// The SMTP reply for the wrapper's exit status (`src/common.h` of Mailman 2.1).
-pub fn reply_for_status(status: Option<ExitStatus>, list: &str, output: &str) -> Reply {
+pub(crate) fn reply_for_status(status: Option<ExitStatus>, list: &str, output: &str) -> Reply {
     let detail = output.lines().last().unwrap_or("").trim();
     match status.map(|s| s.code()) {
         Some(Some(0)) => Reply::ok(),
@@ -105,7 +105,7 @@ pub fn reply_for_status(status: Option<ExitStatus>, list: &str, output: &str) ->
 }
 
 /// Called once with the wrapper's verdict.
-pub type Done = Box<dyn FnOnce(Reply, &mut Ctx<'_>)>;
+pub(crate) type Done = Box<dyn FnOnce(Reply, &mut Ctx<'_>)>;
 
 /// The child's stdin (until the message is written) and its stdout+stderr (one pipe), under one
 /// token: a [`Duplex`](crate::reactor::Duplex) whose writing half can be closed early.
@@ -133,7 +133,7 @@ const REAP_INTERVAL: Duration = Duration::from_millis(10);
 
 /// One run of `wrapper COMMAND LIST` with the message on stdin, on the reactor: writes the
 /// message as the pipe takes it, reads what the child says, reaps it, kills it at the deadline.
-pub struct WrapperRun {
+pub(crate) struct WrapperRun {
     child: Child,
     io: ChildIo,
     input: Vec<u8>,

@@ -23,8 +23,10 @@
 mod classify;
 mod mm2;
 
-pub use classify::{classify, is_safe_list_name, Candidate, Command, Suffixes};
-pub use mm2::{reply_for_status, Mailman2, WrapperRun};
+pub use classify::Suffixes;
+use classify::{classify, Candidate};
+pub use mm2::Mailman2;
+use mm2::WrapperRun;
 
 use std::cell::RefCell;
 use std::net::SocketAddr;
@@ -38,7 +40,7 @@ use super::ProxyOptions;
 use crate::client::{ClientConfig, Event, MailParams, Relay, RelayCommand, RelayOptions};
 use crate::reactor::{Ctx, Handle};
 use crate::server::{
-    AddressRequest, Backend, Message, Outcome, Reply, ServerCtx, SmtpSession, Ticket,
+    AddressRequest, Backend, Message, Outcome, Peer, Reply, ServerCtx, SmtpSession, Ticket,
 };
 
 /// Where Mailman 3's LMTP runner listens (`[mta] lmtp_host`/`lmtp_port`).
@@ -215,9 +217,9 @@ impl MailmanProxy {
 }
 
 impl Backend for MailmanProxy {
-    fn open_session(&mut self, peer: SocketAddr) -> Box<dyn SmtpSession> {
+    fn open_session(&mut self, peer: &Peer) -> Box<dyn SmtpSession> {
         Box::new(MailmanSession {
-            conn: Conn::new(self.shared.clone(), peer),
+            conn: Conn::new(self.shared.clone(), peer.addr),
         })
     }
 }
@@ -904,7 +906,7 @@ fn route_side(route: &Route) -> Option<Side> {
 /// Adds `From: <sender>` and `Date:` when the header section lacks them, after its last header,
 /// as CPython's `MailmanProxy` did before queueing (Mailman 3 adds neither). The null sender
 /// gets no `From:`. The date is RFC 5322's (CPython wrote `time.ctime()`).
-pub fn complete_headers(data: &[u8], mail_from: &str, now: SystemTime) -> Vec<u8> {
+pub(crate) fn complete_headers(data: &[u8], mail_from: &str, now: SystemTime) -> Vec<u8> {
     let end = header_end(data).unwrap_or(data.len());
     let has = |name: &[u8]| {
         data[..end].split(|&b| b == b'\n').any(|line| {
