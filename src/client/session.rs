@@ -14,7 +14,7 @@
 
 use std::collections::VecDeque;
 
-use crate::smtp::Reply;
+use crate::smtp::{EnhancedCode, Reply};
 
 /// Settings of a [`Client`].
 #[derive(Clone, Debug)]
@@ -449,23 +449,26 @@ impl Client {
     fn cannot_carry(&self, params: &MailParams) -> Option<Reply> {
         if params.smtputf8 && !self.caps.smtputf8 {
             // RFC 6531 3.4: a message needing SMTPUTF8 is not downgraded.
-            return Some(Reply::new(
+            return Some(Reply::enhanced(
                 553,
-                "5.6.7 Requested action not taken: upstream does not support SMTPUTF8",
+                EnhancedCode::new(5, 6, 7),
+                "Requested action not taken: upstream does not support SMTPUTF8",
             ));
         }
         if params.eight_bit && !self.caps.eight_bit_mime {
             // RFC 6152 3: 8-bit data is not sent to a server without 8BITMIME.
-            return Some(Reply::new(
+            return Some(Reply::enhanced(
                 554,
-                "5.6.3 Requested action not taken: upstream does not support 8BITMIME",
+                EnhancedCode::new(5, 6, 3),
+                "Requested action not taken: upstream does not support 8BITMIME",
             ));
         }
         if let (Some(size), Some(limit)) = (params.size, self.caps.size) {
             if limit != 0 && size > limit {
-                return Some(Reply::new(
+                return Some(Reply::enhanced(
                     552,
-                    "5.3.4 Requested mail action aborted: message exceeds upstream size limit",
+                    EnhancedCode::new(5, 3, 4),
+                    "Requested mail action aborted: message exceeds upstream size limit",
                 ));
             }
         }

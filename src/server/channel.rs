@@ -15,7 +15,9 @@ use super::{
 };
 use crate::chat::{ChatCtl, ChatHandler};
 use crate::reactor::{Ctx, TimerId};
-use crate::smtp::{Decision, MemoryBudget, Message, Output, Receiver, Reply, Request, Session};
+use crate::smtp::{
+    Decision, EnhancedCode, MemoryBudget, Message, Output, Receiver, Reply, Request, Session,
+};
 
 /// Where a connection is. (The PROXY header and the TLS handshake will be phases before
 /// the greeting.)
@@ -214,12 +216,10 @@ impl SmtpChannel {
         if let Phase::GreetingDelay { timer, .. } = self.phase {
             ctx.cancel_timer(timer);
         }
-        let reply = Reply::new(
+        let reply = Reply::enhanced(
             554,
-            format!(
-                "5.5.0 {} Error: talked before the greeting",
-                self.hostname()
-            ),
+            EnhancedCode::new(5, 5, 0),
+            format!("{} Error: talked before the greeting", self.hostname()),
         );
         self.close_with(chat, &reply);
     }

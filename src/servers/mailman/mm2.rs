@@ -13,6 +13,7 @@ use super::classify::is_safe_list_name;
 use crate::chat::forward_source;
 use crate::reactor::{Ctx, Dispatcher, FileStream, Halves, TimerId};
 use crate::server::Reply;
+use crate::smtp::EnhancedCode;
 
 /// A Mailman 2 installation: `$prefix/lists/NAME/config.pck`, `$prefix/mail/mailman`.
 #[derive(Clone, Debug)]
@@ -75,32 +76,43 @@ pub(crate) fn reply_for_status(status: Option<ExitStatus>, list: &str, output: &
     match status.map(|s| s.code()) {
         Some(Some(0)) => Reply::ok(),
         // The script found no such list (it vanished since RCPT).
-        Some(Some(1)) => Reply::new(
+        Some(Some(1)) => Reply::enhanced(
             550,
-            format!("5.1.1 Requested action not taken: no list {list}"),
+            EnhancedCode::new(5, 1, 1),
+            format!("Requested action not taken: no list {list}"),
         ),
         Some(Some(code @ (2 | 8))) => {
             log::error!(
                 "Mailman 2's wrapper refused our group (exit {code}: {detail}); run smtpd with \
                  the group Mailman was configured with (--with-mail-gid)"
             );
-            Reply::new(
+            Reply::enhanced(
                 451,
-                "4.3.0 Requested action aborted: local error in processing (Mailman group mismatch)",
+                EnhancedCode::new(4, 3, 0),
+                "Requested action aborted: local error in processing (Mailman group mismatch)",
             )
         }
         Some(Some(code)) => {
             log::error!("Mailman 2's wrapper for {list} exited with {code}: {detail}");
-            Reply::new(
+            Reply::enhanced(
                 451,
-                format!("4.3.0 Requested action aborted: Mailman exited with status {code}"),
+                EnhancedCode::new(4, 3, 0),
+                format!("Requested action aborted: Mailman exited with status {code}"),
             )
         }
         Some(None) => {
             log::error!("Mailman 2's wrapper for {list} was killed by a signal");
-            Reply::new(451, "4.3.0 Requested action aborted: Mailman was killed")
+            Reply::enhanced(
+                451,
+                EnhancedCode::new(4, 3, 0),
+                "Requested action aborted: Mailman was killed",
+            )
         }
-        None => Reply::new(451, "4.3.0 Requested action aborted: Mailman timed out"),
+        None => Reply::enhanced(
+            451,
+            EnhancedCode::new(4, 3, 0),
+            "Requested action aborted: Mailman timed out",
+        ),
     }
 }
 

@@ -42,6 +42,7 @@ use crate::reactor::{Ctx, Handle};
 use crate::server::{
     AddressRequest, Backend, Message, Outcome, Peer, Reply, ServerCtx, SmtpSession, Ticket,
 };
+use crate::smtp::EnhancedCode;
 
 /// Where Mailman 3's LMTP runner listens (`[mta] lmtp_host`/`lmtp_port`).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -319,9 +320,10 @@ struct Conn {
 const HEADER_ALLOWANCE: u64 = 1024;
 
 fn unavailable() -> Reply {
-    Reply::new(
+    Reply::enhanced(
         451,
-        "4.4.1 Requested action aborted: the mailing list server is not available, try again later",
+        EnhancedCode::new(4, 4, 1),
+        "Requested action aborted: the mailing list server is not available, try again later",
     )
 }
 
@@ -330,12 +332,13 @@ fn temporary(side: Side, reply: &Reply) -> Reply {
         Side::Upstream => "upstream",
         Side::Mailman => "Mailman",
     };
-    Reply::new(
+    Reply::enhanced(
         451,
+        EnhancedCode::new(4, 3, 0),
         format!(
-            "4.3.0 Requested action aborted: {who} said {} {}",
+            "Requested action aborted: {who} said {} {}",
             reply.code,
-            reply.lines.join(" ")
+            reply.text()
         ),
     )
 }
@@ -413,7 +416,11 @@ impl Conn {
                 on_event,
             ),
             (Side::Mailman, MailmanVersion::Mailman2(_)) => {
-                return Err(Reply::new(451, "4.3.0 Requested action aborted: no LMTP"))
+                return Err(Reply::enhanced(
+                    451,
+                    EnhancedCode::new(4, 3, 0),
+                    "Requested action aborted: no LMTP",
+                ))
             }
         };
         match relay {
@@ -433,9 +440,10 @@ impl Conn {
                     Side::Mailman => log::warn!("cannot connect to Mailman: {e}"),
                 }
                 Err(match side {
-                    Side::Upstream => Reply::new(
+                    Side::Upstream => Reply::enhanced(
                         451,
-                        "4.4.1 Requested action aborted: cannot reach the upstream server",
+                        EnhancedCode::new(4, 4, 1),
+                        "Requested action aborted: cannot reach the upstream server",
                     ),
                     Side::Mailman => unavailable(),
                 })
@@ -518,9 +526,10 @@ impl Conn {
     fn relay_rcpt(&mut self, rcpt: &str, ctx: &mut Ctx<'_>) -> Step {
         if !may_relay(&self.shared.options.proxy, self.peer.ip()) {
             log::warn!("{}: relay access denied for <{rcpt}>", self.peer);
-            return Step::Done(Reply::new(
+            return Step::Done(Reply::enhanced(
                 554,
-                format!("5.7.1 <{rcpt}>: Relay access denied"),
+                EnhancedCode::new(5, 7, 1),
+                format!("<{rcpt}>: Relay access denied"),
             ));
         }
         let relay = match self.ensure_relay(Side::Upstream, ctx) {
@@ -553,7 +562,11 @@ impl Conn {
             ),
             Event::Failed(reply) => self.lost(side, reply, ctx),
             Event::Closed => {
-                let reply = Reply::new(451, "4.4.2 Requested action aborted: connection closed");
+                let reply = Reply::enhanced(
+                    451,
+                    EnhancedCode::new(4, 4, 2),
+                    "Requested action aborted: connection closed",
+                );
                 self.lost(side, reply, ctx)
             }
             _ => {}
@@ -588,7 +601,7 @@ impl Conn {
                     "Mailman refused the sender <{}> for <{rcpt}>: {} {}",
                     self.mail_from,
                     reply.code,
-                    reply.lines.join(" ")
+                    reply.text()
                 );
                 Step::Done(if reply.code / 100 == 5 {
                     reply
@@ -636,7 +649,7 @@ impl Conn {
                     log::warn!(
                         "Mailman answered {} {} for <{rcpt}>",
                         reply.code,
-                        reply.lines.join(" ")
+                        reply.text()
                     );
                     Step::Done(unavailable())
                 }
@@ -687,7 +700,7 @@ impl Conn {
                 Side::Mailman => {
                     log::warn!(
                         "Mailman is not available ({}): list mail deferred",
-                        reply.lines.join(" ")
+                        reply.text()
                     );
                     unavailable()
                 }
@@ -793,9 +806,10 @@ impl Conn {
                     }
                     Err(e) => {
                         log::error!("cannot run {}: {e}", mm2.wrapper.display());
-                        results[i] = Some(Reply::new(
+                        results[i] = Some(Reply::enhanced(
                             451,
-                            "4.3.0 Requested action aborted: cannot run Mailman's mail wrapper",
+                            EnhancedCode::new(4, 3, 0),
+                            "Requested action aborted: cannot run Mailman's mail wrapper",
                         ));
                     }
                 }
@@ -862,7 +876,7 @@ impl Conn {
                 "<{rcpt}> (from <{}>) not delivered: {} {}",
                 self.mail_from,
                 reply.code,
-                reply.lines.join(" ")
+                reply.text()
             );
         }
         let Some(&(first_rcpt, first)) = failures.first() else {
@@ -879,18 +893,19 @@ impl Conn {
                     "451 for a message partly delivered: a retry duplicates it for {delivered} recipients"
                 );
             }
-            return Some(Reply::new(
+            return Some(Reply::enhanced(
                 451,
+                EnhancedCode::new(4, 3, 0),
                 format!(
-                    "4.3.0 Requested action aborted: <{rcpt}>: {} {}{also}",
+                    "Requested action aborted: <{rcpt}>: {} {}{also}",
                     temp.code,
-                    temp.lines.join(" ")
+                    temp.text()
                 ),
             ));
         }
         Some(Reply::new(
             first.code,
-            format!("<{first_rcpt}>: {}{also}", first.lines.join(" ")),
+            format!("<{first_rcpt}>: {}{also}", first.text()),
         ))
     }
 }
@@ -952,7 +967,11 @@ impl SmtpSession for MailmanSession {
         if hops > conn.shared.options.proxy.max_hops {
             log::warn!("{}: {hops} hops, a mail loop?", message.peer);
             conn.end_transaction(cx.ctx());
-            return Outcome::Reply(Reply::new(554, "5.4.6 Too many hops"));
+            return Outcome::Reply(Reply::enhanced(
+                554,
+                EnhancedCode::new(5, 4, 6),
+                "Too many hops",
+            ));
         }
         match conn.deliver(message, cx.ctx()) {
             Step::Done(reply) => {
