@@ -27,9 +27,9 @@
 //! ## One message, end to end
 //!
 //! ```text
-//!  socket ──► chat (frames "\r\n" / "\r\n.\r\n") ──► smtp::Session (meaning)
-//!                                                        │ Output::Message
-//!                                                        ▼
+//!  socket ──► chat ──► smtp::Receiver ──────► smtp::Session (meaning)
+//!                                                   │ Output::Decide(Request::Message)
+//!                                                   ▼
 //!  socket ◄── chat (output queue) ◄── reply ◄── SmtpSession::process_message
 //!                                              (Accept / Reply / Deferred ← Ticket)
 //! ```

@@ -39,6 +39,7 @@ pub enum RelayMode {
 /// A recipient the upstream refused permanently while the message went to the others (only
 /// possible in [`RelayMode::AfterData`]).
 #[derive(Clone, Debug)]
+#[non_exhaustive]
 pub struct Refusal {
     /// The envelope sender.
     pub mail_from: String,

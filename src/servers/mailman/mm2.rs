@@ -16,7 +16,9 @@ use crate::server::Reply;
 use crate::smtp::EnhancedCode;
 
 /// A Mailman 2 installation: `$prefix/lists/NAME/config.pck`, `$prefix/mail/mailman`.
+/// Build it with [`Mailman2::at`] (and change the paths if the layout differs).
 #[derive(Clone, Debug)]
+#[non_exhaustive]
 pub struct Mailman2 {
     /// The directory holding one directory per list (`$prefix/lists`).
     pub lists_dir: PathBuf,

@@ -15,7 +15,7 @@
 //!
 //! CPython's `MailmanProxy` answered `250` whatever happened: refusals upstream were printed,
 //! and list mail was queued with Mailman 2.0's in-process API (which no longer exists). Here
-//! the routing decisions are CPython's ([`classify`]) and the hand-over uses the interfaces
+//! the routing decisions are CPython's (its recipient split) and the hand-over uses the interfaces
 //! Mailman supports. A temporary failure on either side gets the client `451` for the whole
 //! message, even when the other side already took it: a duplicate on retry is better than a
 //! loss.
@@ -128,7 +128,7 @@ impl Default for MailmanOptions {
 /// CPython's `MailmanProxy(localaddr, remoteaddr)`, for Mailman 3 (LMTP) and Mailman 2 (its
 /// mail wrapper), on the reactor.
 ///
-/// * A recipient is a list candidate by CPython's rules ([`classify`]; [`Suffixes::Mailman3`]
+/// * A recipient is a list candidate by CPython's rules (its recipient split; [`Suffixes::Mailman3`]
 ///   for Mailman 3's own addresses). Mailman 3 is asked at `RCPT` time over LMTP (it answers
 ///   `550` for an unknown list); Mailman 2's list directory is looked at. A list's recipient is
 ///   Mailman's; every other recipient is relayed upstream live, with the upstream's own reply,
