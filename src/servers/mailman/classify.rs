@@ -133,14 +133,9 @@ impl Candidate {
     }
 }
 
-/// Classifies a recipient (as given in `RCPT TO`, without angle brackets).
-///
-/// ```
-/// use smtpd::servers::mailman::{classify, Command, Suffixes};
-/// let c = classify("Test-Request@Example.COM", Suffixes::Cpython).unwrap();
-/// assert_eq!((c.list.as_str(), c.command), ("test", Command::Request));
-/// assert_eq!(classify("my-list-request@example.com", Suffixes::Cpython), None);
-/// ```
+/// Classifies a recipient (as given in `RCPT TO`, without angle brackets):
+/// `Test-Request@Example.COM` is list `test`, command `Request`; `my-list-request@...` is no
+/// list candidate under CPython's rules (see the tests).
 pub(crate) fn classify(rcpt: &str, suffixes: Suffixes) -> Option<Candidate> {
     let lower = rcpt.to_lowercase();
     // CPython: rcpt.lower().split('@')[0]; the domain is what follows the last '@'.
@@ -209,6 +204,17 @@ mod tests {
 
     fn mm3(rcpt: &str) -> Option<String> {
         classify(rcpt, Suffixes::Mailman3).and_then(|c| c.mailman3_address())
+    }
+
+    #[test]
+    fn classify_lower_cases_and_splits_like_cpython() {
+        let c = classify("Test-Request@Example.COM", Suffixes::Cpython).unwrap();
+        assert_eq!((c.list.as_str(), c.command), ("test", Command::Request));
+        assert_eq!(c.domain, "example.com");
+        assert_eq!(
+            classify("my-list-request@example.com", Suffixes::Cpython),
+            None
+        );
     }
 
     #[test]
