@@ -27,9 +27,9 @@
 //! ## One message, end to end
 //!
 //! ```text
-//!  socket ──► chat (frames "\r\n" / "\r\n.\r\n") ──► smtp::Session (meaning)
-//!                                                        │ Output::Message
-//!                                                        ▼
+//!  socket ──► chat ──► smtp::Receiver ──────► smtp::Session (meaning)
+//!                                                   │ Output::Decide(Request::Message)
+//!                                                   ▼
 //!  socket ◄── chat (output queue) ◄── reply ◄── SmtpSession::process_message
 //!                                              (Accept / Reply / Deferred ← Ticket)
 //! ```
@@ -116,6 +116,7 @@
 //! back through a [`Ticket`](server::Ticket), which uses the remote handle).
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
+#![warn(missing_debug_implementations)]
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
 pub use mio;

@@ -81,7 +81,8 @@ use mio::event::Source;
 use crate::reactor::{Ctx, Dispatcher, Handle, Reactor, RemoteHandle, StopHandle, TimerId};
 use crate::server::{
     AddressRequest, Backend, CommandRequest, Deferral, DetachedCtx, HeloRequest, Listener, Message,
-    Outcome, Reply, ServerCtx, ServerOptions, Shutdown, SmtpServer, SmtpSession, TicketAnswer,
+    Outcome, Peer, Reply, ServerCtx, ServerOptions, Shutdown, SmtpServer, SmtpSession,
+    TicketAnswer,
 };
 
 /// The host name test servers greet with unless [options](TestServerBuilder::options) say
@@ -243,7 +244,7 @@ struct Recording {
 }
 
 impl Backend for Recording {
-    fn open_session(&mut self, peer: SocketAddr) -> Box<dyn SmtpSession> {
+    fn open_session(&mut self, peer: &Peer) -> Box<dyn SmtpSession> {
         Box::new(RecordingSession {
             inner: self.inner.open_session(peer),
             seen: self.seen.clone(),
@@ -271,7 +272,7 @@ impl SmtpSession for RecordingSession {
         self.inner.process_message(message, cx)
     }
 
-    fn on_connect(&mut self, peer: SocketAddr, cx: &mut ServerCtx<'_, '_>) -> Outcome {
+    fn on_connect(&mut self, peer: &Peer, cx: &mut ServerCtx<'_, '_>) -> Outcome {
         self.inner.on_connect(peer, cx)
     }
 
@@ -928,7 +929,7 @@ impl SessionDriver {
         let config = crate::server::session_config(&config, &backend);
         let session = crate::smtp::Session::new(std::sync::Arc::new(config), peer);
         let hooks = Hooks {
-            session: Some(backend.open_session(peer)),
+            session: Some(backend.open_session(&Peer::from(peer))),
             detached: DetachedCtx::new(),
             waiting: None,
         };
@@ -1034,7 +1035,6 @@ impl SessionDriver {
     fn decide(&mut self, request: crate::smtp::Request) {
         use crate::smtp::{Decision, Request};
         let connect = matches!(request, Request::Connect);
-        let mail = matches!(request, Request::Mail(_));
         let Some(hooks) = self.hooks.as_mut() else {
             if let Request::Message(message) = request {
                 self.messages.push(message);
@@ -1044,40 +1044,9 @@ impl SessionDriver {
         let Some(session) = hooks.session.as_deref_mut() else {
             return self.finish(connect, Decision::Reply(crate::server::local_error()));
         };
-        let state = self.receiver.session();
-        let peer = state.peer();
-        let helo = state.helo();
-        let envelope = state.envelope();
         let mut cx = ServerCtx::detached(&mut hooks.detached);
-        // The requests as the channel builds them (see `server/channel.rs`).
-        let outcome = match &request {
-            Request::Connect => session.on_connect(peer, &mut cx),
-            Request::Helo(check) => {
-                let request = HeloRequest::new(peer, &check.name, check.extended);
-                session.on_helo(&request, &mut cx)
-            }
-            Request::Mail(check) | Request::Rcpt(check) => {
-                let empty = Vec::new();
-                let mail_from = envelope.map_or(check.address.as_str(), |e| e.mail_from.as_str());
-                let mut address = AddressRequest::rcpt(peer, mail_from, &check.address)
-                    .with_options(&check.options)
-                    .with_mail_options(envelope.map_or(&check.options, |e| &e.mail_options))
-                    .with_rcpt_tos(envelope.map_or(&empty, |e| &e.rcpt_tos));
-                if let Some(helo) = helo {
-                    address = address.with_helo(helo);
-                }
-                if mail {
-                    session.on_mail(&address, &mut cx)
-                } else {
-                    session.on_rcpt(&address, &mut cx)
-                }
-            }
-            Request::Command(check) => {
-                let request = CommandRequest::new(peer, helo, &check.verb, &check.arg);
-                session.on_command(&request, &mut cx)
-            }
-            Request::Message(message) => session.process_message(message, &mut cx),
-        };
+        // The request as the channel builds it: the same function.
+        let outcome = crate::server::ask(session, self.receiver.session(), &request, &mut cx);
         if let Request::Message(message) = request {
             self.messages.push(message);
         }

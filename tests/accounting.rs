@@ -44,7 +44,7 @@ impl Drop for Fragile {
 struct FragileBackend;
 
 impl Backend for FragileBackend {
-    fn open_session(&mut self, _peer: SocketAddr) -> Box<dyn SmtpSession> {
+    fn open_session(&mut self, _peer: &smtpd::server::Peer) -> Box<dyn SmtpSession> {
         Box::new(Fragile)
     }
 }

@@ -12,7 +12,7 @@ use std::thread;
 use std::time::Duration;
 
 use smtpd::server::{
-    AddressRequest, Backend, CommandRequest, HeloRequest, Message, Outcome, Reply, ServerCtx,
+    AddressRequest, Backend, CommandRequest, HeloRequest, Message, Outcome, Peer, Reply, ServerCtx,
     ServerOptions, SmtpServer, SmtpSession, Ticket,
 };
 use smtpd::smtp::Config;
@@ -45,8 +45,11 @@ struct Directory {
 }
 
 impl Backend for Directory {
-    fn open_session(&mut self, peer: SocketAddr) -> Box<dyn SmtpSession> {
-        self.log.borrow_mut().events.push(format!("open {peer}"));
+    fn open_session(&mut self, peer: &Peer) -> Box<dyn SmtpSession> {
+        self.log
+            .borrow_mut()
+            .events
+            .push(format!("open {}", peer.addr));
         Box::new(DirectorySession {
             log: self.log.clone(),
             lookups: self.lookups.clone(),
@@ -265,7 +268,7 @@ struct Gate {
 }
 
 impl SmtpSession for Gate {
-    fn on_connect(&mut self, _peer: SocketAddr, cx: &mut ServerCtx<'_, '_>) -> Outcome {
+    fn on_connect(&mut self, _peer: &Peer, cx: &mut ServerCtx<'_, '_>) -> Outcome {
         let ticket = cx.defer();
         let deferred = Outcome::deferred(&ticket);
         let refuse = self.refuse;
@@ -300,7 +303,7 @@ impl SmtpSession for Gate {
 struct GateBackend(bool, Rc<RefCell<Vec<&'static str>>>);
 
 impl Backend for GateBackend {
-    fn open_session(&mut self, _peer: SocketAddr) -> Box<dyn SmtpSession> {
+    fn open_session(&mut self, _peer: &Peer) -> Box<dyn SmtpSession> {
         Box::new(Gate {
             refuse: self.0,
             events: self.1.clone(),

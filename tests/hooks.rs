@@ -9,8 +9,8 @@ use std::thread;
 use std::time::Duration;
 
 use smtpd::server::{
-    AddressRequest, Backend, CommandRequest, DetachedCtx, HeloRequest, Message, Outcome, Reply,
-    ServerCtx, SmtpServer, SmtpSession, TicketAnswer,
+    AddressRequest, Backend, CommandRequest, DetachedCtx, HeloRequest, Message, Outcome, Peer,
+    Reply, ServerCtx, SmtpServer, SmtpSession, TicketAnswer,
 };
 
 const WAIT: Duration = Duration::from_secs(5);
@@ -20,16 +20,13 @@ fn peer() -> SocketAddr {
 }
 
 fn message(mail_from: &str, rcpt_tos: &[&str]) -> Message {
-    Message {
-        peer: peer(),
-        helo: Some("client.example".into()),
-        mail_from: mail_from.into(),
-        rcpt_tos: rcpt_tos.iter().map(|r| r.to_string()).collect(),
-        data: b"Subject: t\r\n\r\nhi".to_vec(),
-        mail_options: Vec::new(),
-        rcpt_options: Vec::new(),
-        smtputf8: false,
-    }
+    Message::new(
+        peer(),
+        mail_from,
+        rcpt_tos.iter().copied(),
+        b"Subject: t\r\n\r\nhi".to_vec(),
+    )
+    .with_helo("client.example")
 }
 
 /// The session under test: refuses blocked senders, looks recipients up on a worker thread,
@@ -257,16 +254,16 @@ fn an_smtp_server_runs_through_the_sessions_its_rc_opens() {
     let mut backend = server.clone();
     assert_eq!(backend.commands(), ["XSTAT"]);
     let mut detached = DetachedCtx::new();
-    let mut first = backend.open_session(peer());
-    let mut second = backend.open_session(peer());
+    let mut first = backend.open_session(&Peer::new(peer()));
+    let mut second = backend.open_session(&Peer::new(peer()));
     // on_connect's `None` greets, a reply refuses.
     assert!(matches!(
-        first.on_connect(peer(), &mut detached.cx()),
+        first.on_connect(&Peer::new(peer()), &mut detached.cx()),
         Outcome::Accept
     ));
     let local: SocketAddr = "127.0.0.1:5000".parse().unwrap();
     assert_eq!(
-        reply(second.on_connect(local, &mut detached.cx())).code,
+        reply(second.on_connect(&Peer::new(local), &mut detached.cx())).code,
         554
     );
     // Both sessions reach the one shared server.

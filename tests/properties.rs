@@ -9,12 +9,11 @@ use smtpd::testing::SessionDriver;
 const DATA_LIMIT: usize = 2000;
 
 fn config() -> Config {
-    Config {
-        data_size_limit: DATA_LIMIT,
-        max_errors: 20,
-        max_recipients: 100,
-        ..Config::default()
-    }
+    let mut config = Config::default();
+    config.data_size_limit = DATA_LIMIT;
+    config.max_errors = 20;
+    config.max_recipients = 100;
+    config
 }
 
 /// Pieces that make SMTP-shaped input likely, mixed with raw bytes.

@@ -14,8 +14,8 @@ use std::time::{Duration, Instant};
 use mio::event::Source;
 use smtpd::reactor::{Ctx, Dispatcher, Reactor, StopHandle, TimerId};
 use smtpd::server::{
-    Backend, Listener, Message, Outcome, Reply, ServerCtx, ServerOptions, Shutdown, SmtpServer,
-    SmtpSession, Ticket,
+    Backend, Listener, Message, Outcome, Param, Peer, Reply, ServerCtx, ServerOptions, Shutdown,
+    SmtpServer, SmtpSession, Ticket,
 };
 
 /// What the recording server answers.
@@ -892,7 +892,7 @@ struct Counted {
 }
 
 impl Backend for Counting {
-    fn open_session(&mut self, _peer: SocketAddr) -> Box<dyn SmtpSession> {
+    fn open_session(&mut self, _peer: &Peer) -> Box<dyn SmtpSession> {
         Box::new(Counted {
             closed: self.closed.clone(),
             helo: String::new(),
@@ -973,14 +973,14 @@ struct Gated {
 }
 
 impl Backend for Gate {
-    fn open_session(&mut self, _peer: SocketAddr) -> Box<dyn SmtpSession> {
+    fn open_session(&mut self, _peer: &Peer) -> Box<dyn SmtpSession> {
         let verdict = Some(self.verdicts.borrow_mut().remove(0));
         Box::new(Gated { verdict })
     }
 }
 
 impl SmtpSession for Gated {
-    fn on_connect(&mut self, _peer: SocketAddr, cx: &mut ServerCtx<'_, '_>) -> Outcome {
+    fn on_connect(&mut self, _peer: &Peer, cx: &mut ServerCtx<'_, '_>) -> Outcome {
         let ticket = cx.defer();
         let deferred = Outcome::deferred(&ticket);
         let verdict = self.verdict.take().expect("on_connect runs once");
@@ -1103,7 +1103,7 @@ impl SmtpSession for StaleDeferral {
 struct StaleBackend;
 
 impl Backend for StaleBackend {
-    fn open_session(&mut self, _peer: SocketAddr) -> Box<dyn SmtpSession> {
+    fn open_session(&mut self, _peer: &Peer) -> Box<dyn SmtpSession> {
         Box::new(StaleDeferral { kept: None })
     }
 }
@@ -1127,7 +1127,7 @@ fn a_deferral_from_an_older_ticket_answers_451() {
 struct Broken;
 
 impl Backend for Broken {
-    fn open_session(&mut self, _peer: SocketAddr) -> Box<dyn SmtpSession> {
+    fn open_session(&mut self, _peer: &Peer) -> Box<dyn SmtpSession> {
         panic!("no session today")
     }
 }
@@ -1143,6 +1143,111 @@ fn a_panic_in_open_session_refuses_that_connection_only() {
         );
         assert!(c.at_eof());
     }
+    stop.stop();
+    runner.join().unwrap();
+}
+
+/// Records, per connection, the peer it was opened for and the typed parameters its hooks see.
+struct ParamWitness {
+    seen: mpsc::Sender<String>,
+}
+
+struct ParamWitnessSession {
+    seen: mpsc::Sender<String>,
+}
+
+impl Backend for ParamWitness {
+    fn open_session(&mut self, peer: &Peer) -> Box<dyn SmtpSession> {
+        let _ = self.seen.send(format!("open {}", peer.addr.ip()));
+        Box::new(ParamWitnessSession {
+            seen: self.seen.clone(),
+        })
+    }
+}
+
+impl SmtpSession for ParamWitnessSession {
+    fn on_connect(&mut self, peer: &Peer, _cx: &mut ServerCtx<'_, '_>) -> Outcome {
+        let _ = self.seen.send(format!("connect {}", peer.addr.ip()));
+        Outcome::Accept
+    }
+
+    fn on_mail(
+        &mut self,
+        request: &smtpd::server::AddressRequest<'_>,
+        _cx: &mut ServerCtx<'_, '_>,
+    ) -> Outcome {
+        let params: Vec<String> = request.params.iter().map(ToString::to_string).collect();
+        let _ = self
+            .seen
+            .send(format!("mail {params:?} {:?}", request.options));
+        Outcome::Accept
+    }
+
+    fn on_rcpt(
+        &mut self,
+        request: &smtpd::server::AddressRequest<'_>,
+        _cx: &mut ServerCtx<'_, '_>,
+    ) -> Outcome {
+        let before: Vec<&str> = request
+            .recipients
+            .iter()
+            .map(|r| r.address.as_str())
+            .collect();
+        let size = Param::find(request.mail_params, "SIZE");
+        let _ = self.seen.send(format!(
+            "rcpt {} after {before:?} size {size:?}",
+            request.address
+        ));
+        Outcome::Accept
+    }
+
+    fn process_message(&mut self, message: &Message, _cx: &mut ServerCtx<'_, '_>) -> Outcome {
+        let recipients: Vec<&str> = message
+            .recipients
+            .iter()
+            .map(|r| r.address.as_str())
+            .collect();
+        let _ = self.seen.send(format!(
+            "message {recipients:?} body={:?}",
+            message.mail_param("body")
+        ));
+        Outcome::Accept
+    }
+}
+
+#[test]
+fn hooks_see_the_peer_and_typed_case_preserving_parameters() {
+    let (seen_tx, seen) = mpsc::channel();
+    let (addr, stop, runner) = serve_backend(move || ParamWitness { seen: seen_tx });
+    let mut c = Client::after_ehlo(addr);
+    assert_eq!(
+        c.cmd("MAIL FROM:<a@example.com> size=20 Body=8bitMIME"),
+        "250 OK"
+    );
+    assert_eq!(c.cmd("RCPT TO:<b@example.com>"), "250 OK");
+    assert_eq!(c.cmd("RCPT TO:<c@example.com>"), "250 OK");
+    assert_eq!(c.cmd("DATA"), "354 End data with <CR><LF>.<CR><LF>");
+    c.send("hi\r\n.\r\n");
+    assert_eq!(c.line(), "250 OK");
+    let next = || seen.recv_timeout(Duration::from_secs(5)).unwrap();
+    assert_eq!(next(), "open 127.0.0.1");
+    assert_eq!(next(), "connect 127.0.0.1");
+    assert_eq!(
+        next(),
+        r#"mail ["size=20", "Body=8bitMIME"] ["SIZE=20", "BODY=8BITMIME"]"#
+    );
+    assert_eq!(
+        next(),
+        r#"rcpt b@example.com after [] size Some(Some("20"))"#
+    );
+    assert_eq!(
+        next(),
+        r#"rcpt c@example.com after ["b@example.com"] size Some(Some("20"))"#
+    );
+    assert_eq!(
+        next(),
+        r#"message ["b@example.com", "c@example.com"] body=Some(Some("8bitMIME"))"#
+    );
     stop.stop();
     runner.join().unwrap();
 }

@@ -12,15 +12,13 @@ fuzz_target!(|input: &[u8]| {
     let Some((&knobs, bytes)) = input.split_first() else {
         return;
     };
-    let config = Config {
-        data_size_limit: if knobs & 1 == 0 { 1000 } else { 0 },
-        enable_smtputf8: knobs & 2 != 0,
-        bare_lf: if knobs & 4 == 0 { BareLf::Reject } else { BareLf::Normalize },
-        lf_newlines: knobs & 8 != 0,
-        max_errors: 20,
-        max_recipients: 100,
-        ..Config::default()
-    };
+    let mut config = Config::default();
+    config.data_size_limit = if knobs & 1 == 0 { 1000 } else { 0 };
+    config.enable_smtputf8 = knobs & 2 != 0;
+    config.bare_lf = if knobs & 4 == 0 { BareLf::Reject } else { BareLf::Normalize };
+    config.lf_newlines = knobs & 8 != 0;
+    config.max_errors = 20;
+    config.max_recipients = 100;
     let step = usize::from(knobs >> 4) + 1;
 
     let mut whole = SessionDriver::new(config.clone());

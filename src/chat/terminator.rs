@@ -30,6 +30,7 @@ fn finder_for(needle: &[u8]) -> Rc<Finder<'static>> {
 
 /// What ends the current unit of input (`async_chat.set_terminator`).
 #[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum Terminator {
     /// A byte string such as `b"\r\n"` or `b"\r\n.\r\n"`, found with `memchr::memmem`.
     /// A partial terminator at the end of the buffer is held back until more input arrives.

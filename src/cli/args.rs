@@ -148,6 +148,7 @@ impl Default for Options {
 /// The outcome of a successful parse.
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[allow(clippy::large_enum_variant)] // built once per process
+#[non_exhaustive]
 pub enum Parsed {
     /// Run the server with these options.
     Run(Options),
@@ -160,6 +161,7 @@ pub enum Parsed {
 /// A command line error: print `usage` (when not empty) and then `message`
 /// to stderr, then exit with `code`.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct CliError {
     /// The error line, worded as CPython words it where CPython has one.
     pub message: String,

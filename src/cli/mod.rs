@@ -33,6 +33,7 @@ pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
 /// What a server class is built from: the parsed options, and the remote address resolved at
 /// start-up (never inside the loop).
 #[derive(Debug)]
+#[non_exhaustive]
 pub struct ClassArgs<'a> {
     /// The parsed command line.
     pub options: &'a Options,

@@ -17,4 +17,4 @@ mod relay;
 mod session;
 
 pub use relay::{EventHandler, Relay, RelayCommand, RelayHandler, RelayOptions};
-pub use session::{dot_stuff, Capabilities, Client, ClientConfig, Event, MailParams};
+pub use session::{Capabilities, Client, ClientConfig, Event, MailParams};

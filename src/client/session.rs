@@ -14,7 +14,7 @@
 
 use std::collections::VecDeque;
 
-use crate::smtp::Reply;
+use crate::smtp::{EnhancedCode, Reply};
 
 /// Settings of a [`Client`].
 #[derive(Clone, Debug)]
@@ -296,10 +296,9 @@ impl Client {
         self.partial_code = code;
         self.partial.push(text);
         if last {
-            let reply = Reply {
-                code,
-                lines: std::mem::take(&mut self.partial),
-            };
+            // The texts are kept as the upstream sent them (an enhanced code stays in the
+            // text, where `Reply::enhanced_code` finds it), so a relay quotes them unchanged.
+            let reply = Reply::multiline(code, std::mem::take(&mut self.partial));
             self.handle_reply(reply);
         }
     }
@@ -450,23 +449,26 @@ impl Client {
     fn cannot_carry(&self, params: &MailParams) -> Option<Reply> {
         if params.smtputf8 && !self.caps.smtputf8 {
             // RFC 6531 3.4: a message needing SMTPUTF8 is not downgraded.
-            return Some(Reply::new(
+            return Some(Reply::enhanced(
                 553,
-                "5.6.7 Requested action not taken: upstream does not support SMTPUTF8",
+                EnhancedCode::new(5, 6, 7),
+                "Requested action not taken: upstream does not support SMTPUTF8",
             ));
         }
         if params.eight_bit && !self.caps.eight_bit_mime {
             // RFC 6152 3: 8-bit data is not sent to a server without 8BITMIME.
-            return Some(Reply::new(
+            return Some(Reply::enhanced(
                 554,
-                "5.6.3 Requested action not taken: upstream does not support 8BITMIME",
+                EnhancedCode::new(5, 6, 3),
+                "Requested action not taken: upstream does not support 8BITMIME",
             ));
         }
         if let (Some(size), Some(limit)) = (params.size, self.caps.size) {
             if limit != 0 && size > limit {
-                return Some(Reply::new(
+                return Some(Reply::enhanced(
                     552,
-                    "5.3.4 Requested mail action aborted: message exceeds upstream size limit",
+                    EnhancedCode::new(5, 3, 4),
+                    "Requested mail action aborted: message exceeds upstream size limit",
                 ));
             }
         }
@@ -514,7 +516,7 @@ fn parse_capabilities(reply: &Reply) -> Capabilities {
 }
 
 /// Dot-stuffs a message (RFC 5321 4.5.2) and appends the end-of-data marker.
-pub fn dot_stuff(data: &[u8]) -> Vec<u8> {
+pub(crate) fn dot_stuff(data: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(data.len() + data.len() / 64 + 8);
     let mut at_line_start = true;
     let mut rest = data;

@@ -8,14 +8,14 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
+use super::session::ask;
 use super::shared::{ChannelShutdown, ConnectionGuard, DataBudget, ListenerShared};
-use super::{
-    local_error, AddressRequest, CommandRequest, Completion, HeloRequest, Outcome, ServerCtx,
-    SmtpSession,
-};
+use super::{local_error, Completion, Outcome, ServerCtx, SmtpSession};
 use crate::chat::{ChatCtl, ChatHandler};
 use crate::reactor::{Ctx, TimerId};
-use crate::smtp::{Decision, MemoryBudget, Message, Output, Receiver, Reply, Request, Session};
+use crate::smtp::{
+    Decision, EnhancedCode, MemoryBudget, Message, Output, Receiver, Reply, Request, Session,
+};
 
 /// Where a connection is. (The PROXY header and the TLS handshake will be phases before
 /// the greeting.)
@@ -218,12 +218,10 @@ impl SmtpChannel {
         if let Phase::GreetingDelay { timer, .. } = self.phase {
             ctx.cancel_timer(timer);
         }
-        let reply = Reply::new(
+        let reply = Reply::enhanced(
             554,
-            format!(
-                "5.5.0 {} Error: talked before the greeting",
-                self.hostname()
-            ),
+            EnhancedCode::new(5, 5, 0),
+            format!("{} Error: talked before the greeting", self.hostname()),
         );
         self.close_with(chat, &reply);
     }
@@ -272,66 +270,15 @@ impl SmtpChannel {
             return self.finish(kind, Decision::Reply(local_error()), &summary);
         };
         let session = self.receiver.session();
-        let helo = session.helo();
-        let envelope = session.envelope();
-        let empty = Vec::new();
-        let (summary, outcome): (Box<dyn Fn() -> String + '_>, _) = match &request {
-            Request::Connect => {
-                let summary = move || format!("{peer} connect");
-                let outcome = call_hook(&summary, ctx, |cx| hooks.on_connect(peer, cx));
-                (Box::new(summary), outcome)
-            }
-            Request::Helo(check) => {
-                let summary = move || format!("{peer} greeting");
-                let request = HeloRequest {
-                    peer,
-                    name: &check.name,
-                    extended: check.extended,
-                };
-                let outcome = call_hook(&summary, ctx, |cx| hooks.on_helo(&request, cx));
-                (Box::new(summary), outcome)
-            }
-            Request::Mail(check) | Request::Rcpt(check) => {
-                let mail = matches!(request, Request::Mail(_));
-                let summary = move || {
-                    let verb = if mail { "MAIL" } else { "RCPT" };
-                    format!("{peer} {verb} <{}>", check.address)
-                };
-                let request = AddressRequest {
-                    peer,
-                    helo,
-                    mail_from: envelope.map_or(check.address.as_str(), |e| e.mail_from.as_str()),
-                    address: &check.address,
-                    options: &check.options,
-                    mail_options: envelope.map_or(&check.options, |e| &e.mail_options),
-                    rcpt_tos: envelope.map_or(&empty, |e| &e.rcpt_tos),
-                };
-                let outcome = call_hook(&summary, ctx, |cx| {
-                    if mail {
-                        hooks.on_mail(&request, cx)
-                    } else {
-                        hooks.on_rcpt(&request, cx)
-                    }
-                });
-                (Box::new(summary), outcome)
-            }
-            Request::Command(check) => {
-                let summary = move || format!("{peer} command {}", check.verb);
-                let request = CommandRequest {
-                    peer,
-                    helo,
-                    verb: &check.verb,
-                    arg: &check.arg,
-                };
-                let outcome = call_hook(&summary, ctx, |cx| hooks.on_command(&request, cx));
-                (Box::new(summary), outcome)
-            }
-            Request::Message(message) => {
-                let summary = move || Self::summary(peer, message);
-                let outcome = call_hook(&summary, ctx, |cx| hooks.process_message(message, cx));
-                (Box::new(summary), outcome)
-            }
+        let summary: Box<dyn Fn() -> String + '_> = match &request {
+            Request::Connect => Box::new(move || format!("{peer} connect")),
+            Request::Helo(_) => Box::new(move || format!("{peer} greeting")),
+            Request::Mail(check) => Box::new(move || format!("{peer} MAIL <{}>", check.address)),
+            Request::Rcpt(check) => Box::new(move || format!("{peer} RCPT <{}>", check.address)),
+            Request::Command(check) => Box::new(move || format!("{peer} command {}", check.verb)),
+            Request::Message(message) => Box::new(move || Self::summary(peer, message)),
         };
+        let outcome = call_hook(&*summary, ctx, |cx| ask(hooks, session, &request, cx));
         let summary = &*summary;
         match outcome {
             (Outcome::Deferred(deferral), Some(ticket)) if deferral.id == ticket => {
@@ -560,8 +507,9 @@ impl ChatHandler for SmtpChannel {
         log::debug!("{peer} connected");
         self.guard.register(ctx.handle());
         let shared = self.shared.clone();
+        let info = self.receiver.session().peer_info();
         let opened = catch_unwind(AssertUnwindSafe(|| {
-            shared.backend.borrow_mut().open_session(peer)
+            shared.backend.borrow_mut().open_session(info)
         }));
         match opened {
             Ok(hooks) => self.hooks = Some(hooks),

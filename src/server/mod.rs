@@ -41,10 +41,12 @@ mod session;
 mod shared;
 mod spawn;
 
-pub use crate::smtp::{Message, Reply};
+pub use crate::smtp::{EnhancedCode, Message, Param, Peer, Recipient, Reply};
 #[cfg(feature = "testing")]
 pub(crate) use listener::session_config;
 pub use listener::{Listener, Shutdown};
+#[cfg(feature = "testing")]
+pub(crate) use session::ask;
 pub use session::{Backend, SmtpSession};
 pub use spawn::{spawn, ServerHandle, ShutdownTrigger, SHUTDOWN_MARGIN};
 
@@ -256,12 +258,21 @@ pub struct AddressRequest<'a> {
     pub mail_from: &'a str,
     /// The address of this command (for MAIL, the same as `mail_from`).
     pub address: &'a str,
-    /// The command's parameters, upper-cased (`["SIZE=1000", "BODY=8BITMIME"]`).
+    /// The command's parameters, upper-cased (`["SIZE=1000", "BODY=8BITMIME"]`): CPython's
+    /// view of [`params`](Self::params).
     pub options: &'a [String],
-    /// The MAIL parameters of the transaction (for MAIL, the same as `options`).
+    /// The MAIL parameters of the transaction (for MAIL, the same as `options`), upper-cased:
+    /// CPython's view of [`mail_params`](Self::mail_params).
     pub mail_options: &'a [String],
-    /// Recipients accepted so far in this transaction.
+    /// Recipients accepted so far in this transaction: CPython's view of
+    /// [`recipients`](Self::recipients).
     pub rcpt_tos: &'a [String],
+    /// The command's parameters as the client sent them (case kept).
+    pub params: &'a [Param],
+    /// The MAIL parameters of the transaction as sent (for MAIL, the same as `params`).
+    pub mail_params: &'a [Param],
+    /// Recipients accepted so far in this transaction, each with its RCPT parameters.
+    pub recipients: &'a [Recipient],
 }
 
 impl<'a> AddressRequest<'a> {
@@ -277,6 +288,9 @@ impl<'a> AddressRequest<'a> {
             options,
             mail_options: options,
             rcpt_tos: &[],
+            params: &[],
+            mail_params: &[],
+            recipients: &[],
         }
     }
 
@@ -291,6 +305,9 @@ impl<'a> AddressRequest<'a> {
             options: &[],
             mail_options: &[],
             rcpt_tos: &[],
+            params: &[],
+            mail_params: &[],
+            recipients: &[],
         }
     }
 
@@ -312,9 +329,29 @@ impl<'a> AddressRequest<'a> {
         self
     }
 
-    /// The recipients accepted before this one.
+    /// The recipients accepted before this one (CPython's view; see also
+    /// [`with_recipients`](Self::with_recipients)).
     pub fn with_rcpt_tos(mut self, rcpt_tos: &'a [String]) -> Self {
         self.rcpt_tos = rcpt_tos;
+        self
+    }
+
+    /// This command's parameters as sent (for a MAIL, give them to
+    /// [`with_mail_params`](Self::with_mail_params) too).
+    pub fn with_params(mut self, params: &'a [Param]) -> Self {
+        self.params = params;
+        self
+    }
+
+    /// The transaction's MAIL parameters as sent.
+    pub fn with_mail_params(mut self, mail_params: &'a [Param]) -> Self {
+        self.mail_params = mail_params;
+        self
+    }
+
+    /// The recipients accepted before this one, with their parameters.
+    pub fn with_recipients(mut self, recipients: &'a [Recipient]) -> Self {
+        self.recipients = recipients;
         self
     }
 }

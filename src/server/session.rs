@@ -4,10 +4,11 @@
 //! [`Listener`]: super::Listener
 
 use std::cell::RefCell;
-use std::net::SocketAddr;
 use std::rc::Rc;
 
-use super::{AddressRequest, CommandRequest, HeloRequest, Message, Outcome, ServerCtx, SmtpServer};
+use super::{
+    AddressRequest, CommandRequest, HeloRequest, Message, Outcome, Peer, ServerCtx, SmtpServer,
+};
 
 /// The hooks of one client connection, on a value that lives as long as the connection: what
 /// the connection needs to remember (relay legs, counters, the sender's reputation) is a field
@@ -22,15 +23,15 @@ use super::{AddressRequest, CommandRequest, HeloRequest, Message, Outcome, Serve
 /// use std::net::SocketAddr;
 /// use smtpd::reactor::Reactor;
 /// use smtpd::server::{
-///     Backend, Listener, Message, Outcome, Reply, ServerCtx, ServerOptions, SmtpSession,
+///     Backend, Listener, Message, Outcome, Peer, Reply, ServerCtx, ServerOptions, SmtpSession,
 /// };
 ///
 /// /// Opens a counting session per connection.
 /// struct Counting;
 ///
 /// impl Backend for Counting {
-///     fn open_session(&mut self, peer: SocketAddr) -> Box<dyn SmtpSession> {
-///         Box::new(CountingSession { peer, messages: 0 })
+///     fn open_session(&mut self, peer: &Peer) -> Box<dyn SmtpSession> {
+///         Box::new(CountingSession { peer: peer.addr, messages: 0 })
 ///     }
 /// }
 ///
@@ -65,7 +66,8 @@ pub trait SmtpSession: 'static {
     /// greets with the `220` line; a `2xx` reply greets with that reply instead; any other
     /// reply (`554 No service for you`) is sent instead of the greeting and the connection
     /// closes. It may defer (a reputation lookup): the client then waits for the greeting.
-    fn on_connect(&mut self, _peer: SocketAddr, _cx: &mut ServerCtx<'_, '_>) -> Outcome {
+    /// `peer` is what is known about the client (its address; later its TLS and PROXY facts).
+    fn on_connect(&mut self, _peer: &Peer, _cx: &mut ServerCtx<'_, '_>) -> Outcome {
         Outcome::Accept
     }
 
@@ -110,9 +112,10 @@ pub trait SmtpSession: 'static {
 /// `Rc<RefCell<S>>` for any [`SmtpServer`] `S` (also `dyn SmtpServer`) is a backend whose
 /// sessions forward every hook to the shared server; `Box<B>` of a backend is one too.
 pub trait Backend: 'static {
-    /// A session for a new connection from `peer`. Called when the connection starts, before
+    /// A session for a new connection from `peer` (its address, [`Peer::addr`]; later also
+    /// the TLS and PROXY facts). Called when the connection starts, before
     /// [`SmtpSession::on_connect`]; a panic here refuses the connection with `421`.
-    fn open_session(&mut self, peer: SocketAddr) -> Box<dyn SmtpSession>;
+    fn open_session(&mut self, peer: &Peer) -> Box<dyn SmtpSession>;
 
     /// The verbs (upper-case) the sessions handle themselves in
     /// [`SmtpSession::on_command`]: as [`SmtpServer::commands`]. Asked once, when the
@@ -127,7 +130,7 @@ pub trait Backend: 'static {
 }
 
 impl<B: Backend + ?Sized> Backend for Box<B> {
-    fn open_session(&mut self, peer: SocketAddr) -> Box<dyn SmtpSession> {
+    fn open_session(&mut self, peer: &Peer) -> Box<dyn SmtpSession> {
         (**self).open_session(peer)
     }
 
@@ -142,7 +145,7 @@ impl<B: Backend + ?Sized> Backend for Box<B> {
 
 /// The blanket adapter: a CPython-shaped server shared by every connection.
 impl<S: SmtpServer + ?Sized> Backend for Rc<RefCell<S>> {
-    fn open_session(&mut self, _peer: SocketAddr) -> Box<dyn SmtpSession> {
+    fn open_session(&mut self, _peer: &Peer) -> Box<dyn SmtpSession> {
         Box::new(Shared(self.clone()))
     }
 
@@ -159,9 +162,15 @@ impl<S: SmtpServer + ?Sized> Backend for Rc<RefCell<S>> {
 /// reactor hooks never nest).
 struct Shared<S: ?Sized>(Rc<RefCell<S>>);
 
+impl<S: ?Sized> std::fmt::Debug for Shared<S> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Shared").finish_non_exhaustive()
+    }
+}
+
 impl<S: SmtpServer + ?Sized> SmtpSession for Shared<S> {
-    fn on_connect(&mut self, peer: SocketAddr, cx: &mut ServerCtx<'_, '_>) -> Outcome {
-        match self.0.borrow_mut().on_connect(peer, cx) {
+    fn on_connect(&mut self, peer: &Peer, cx: &mut ServerCtx<'_, '_>) -> Outcome {
+        match self.0.borrow_mut().on_connect(peer.addr, cx) {
             None => Outcome::Accept,
             Some(reply) => Outcome::Reply(reply),
         }
@@ -193,5 +202,60 @@ impl<S: SmtpServer + ?Sized> SmtpSession for Shared<S> {
 
     fn on_disconnect(&mut self, cx: &mut ServerCtx<'_, '_>) {
         self.0.borrow_mut().on_disconnect(cx);
+    }
+}
+
+/// Calls the hook of `hooks` that decides `request`, with the request built from the session's
+/// state: the one place the channel and `testing::SessionDriver` both use, so a test without
+/// a socket sees exactly what a connection would.
+pub(crate) fn ask(
+    hooks: &mut dyn SmtpSession,
+    session: &crate::smtp::Session,
+    request: &crate::smtp::Request,
+    cx: &mut ServerCtx<'_, '_>,
+) -> Outcome {
+    use crate::smtp::Request;
+    let peer = session.peer();
+    let helo = session.helo();
+    let envelope = session.envelope();
+    match request {
+        Request::Connect => hooks.on_connect(session.peer_info(), cx),
+        Request::Helo(check) => {
+            let request = HeloRequest {
+                peer,
+                name: &check.name,
+                extended: check.extended,
+            };
+            hooks.on_helo(&request, cx)
+        }
+        Request::Mail(check) | Request::Rcpt(check) => {
+            let address = AddressRequest {
+                peer,
+                helo,
+                mail_from: envelope.map_or(check.address.as_str(), |e| e.mail_from.as_str()),
+                address: &check.address,
+                options: &check.options,
+                mail_options: envelope.map_or(&check.options, |e| &e.mail_options),
+                rcpt_tos: envelope.map_or(&[], |e| &e.rcpt_tos),
+                params: &check.params,
+                mail_params: envelope.map_or(&check.params, |e| &e.mail_params),
+                recipients: envelope.map_or(&[], |e| &e.recipients),
+            };
+            if matches!(request, Request::Mail(_)) {
+                hooks.on_mail(&address, cx)
+            } else {
+                hooks.on_rcpt(&address, cx)
+            }
+        }
+        Request::Command(check) => {
+            let request = CommandRequest {
+                peer,
+                helo,
+                verb: &check.verb,
+                arg: &check.arg,
+            };
+            hooks.on_command(&request, cx)
+        }
+        Request::Message(message) => hooks.process_message(message, cx),
     }
 }

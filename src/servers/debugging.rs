@@ -94,7 +94,7 @@ const FOOTER: &str = "------------ END MESSAGE ------------";
 /// with `X-Peer: <peer_ip>` inserted before the first empty line (none is
 /// inserted when the message has no empty line); and the `END MESSAGE`
 /// banner. Every line ends with `\n`.
-pub fn format_message(
+pub(crate) fn format_message(
     peer_ip: &str,
     data: &[u8],
     mail_options: &[String],

@@ -10,11 +10,12 @@ use ipnet::IpNet;
 
 use super::headers::{count_received, insert_x_peer, received_header};
 use crate::client::{Client, ClientConfig, Event, EventHandler, MailParams, Relay, RelayOptions};
+use crate::smtp::EnhancedCode;
 
 use crate::client::RelayCommand;
 use crate::reactor::{Ctx, Handle};
 use crate::server::{
-    AddressRequest, Backend, Message, Outcome, Reply, ServerCtx, SmtpSession, Ticket,
+    AddressRequest, Backend, Message, Outcome, Peer, Reply, ServerCtx, SmtpSession, Ticket,
 };
 use crate::sys::fqdn;
 
@@ -38,6 +39,7 @@ pub enum RelayMode {
 /// A recipient the upstream refused permanently while the message went to the others (only
 /// possible in [`RelayMode::AfterData`]).
 #[derive(Clone, Debug)]
+#[non_exhaustive]
 pub struct Refusal {
     /// The envelope sender.
     pub mail_from: String,
@@ -218,7 +220,7 @@ impl PureProxy {
 }
 
 impl Backend for PureProxy {
-    fn open_session(&mut self, _peer: SocketAddr) -> Box<dyn SmtpSession> {
+    fn open_session(&mut self, _peer: &Peer) -> Box<dyn SmtpSession> {
         Box::new(ProxySession {
             settings: self.settings.clone(),
             live: None,
@@ -395,12 +397,20 @@ impl SmtpSession for ProxySession {
         let settings = &self.settings;
         if !settings.may_relay(message.peer.ip()) {
             log::warn!("{}: relay access denied", message.peer);
-            return Outcome::Reply(Reply::new(554, "5.7.1 Relay access denied"));
+            return Outcome::Reply(Reply::enhanced(
+                554,
+                EnhancedCode::new(5, 7, 1),
+                "Relay access denied",
+            ));
         }
         let hops = count_received(&message.data);
         if hops > settings.options.max_hops {
             log::warn!("{}: {hops} hops, a mail loop?", message.peer);
-            return Outcome::Reply(Reply::new(554, "5.4.6 Too many hops"));
+            return Outcome::Reply(Reply::enhanced(
+                554,
+                EnhancedCode::new(5, 4, 6),
+                "Too many hops",
+            ));
         }
         match settings.options.mode {
             RelayMode::AfterData => self.after_data(message, cx),
@@ -425,9 +435,10 @@ impl SmtpSession for ProxySession {
                 request.peer,
                 request.address
             );
-            return Outcome::Reply(Reply::new(
+            return Outcome::Reply(Reply::enhanced(
                 554,
-                format!("5.7.1 <{}>: Relay access denied", request.address),
+                EnhancedCode::new(5, 7, 1),
+                format!("<{}>: Relay access denied", request.address),
             ));
         }
         match self.settings.options.mode {
@@ -473,7 +484,7 @@ fn upstream_temporary(reply: &Reply) -> Reply {
         format!(
             "Requested action aborted: upstream said {} {}",
             reply.code,
-            reply.lines.join(" ")
+            reply.text()
         ),
     )
 }
@@ -535,10 +546,9 @@ impl AfterData {
             client.rset();
             client.quit();
         } else if replies.iter().all(|r| r.code / 100 != 2) {
-            let first = replies
-                .first()
-                .map(|r| (*r).clone())
-                .unwrap_or_else(|| Reply::new(554, "5.5.1 No valid recipients"));
+            let first = replies.first().map(|r| (*r).clone()).unwrap_or_else(|| {
+                Reply::enhanced(554, EnhancedCode::new(5, 5, 1), "No valid recipients")
+            });
             self.finish(first, ctx);
             client.quit();
         } else if let Some(data) = self.data.take() {
@@ -555,7 +565,7 @@ impl AfterData {
                 "upstream refused <{rcpt}> (from <{}>): {} {}",
                 self.mail_from,
                 reply.code,
-                reply.lines.join(" ")
+                reply.text()
             );
             if let Some(hook) = &self.on_refusal {
                 (hook.borrow_mut())(&Refusal {

@@ -5,6 +5,7 @@ use crate::server::{Message, Outcome, ServerCtx, SmtpServer};
 /// Accepts every message and throws it away (aiosmtpd's `Sink`): for benchmarks, and as the
 /// far end of tests that only care about the dialogue. Counts what it discarded.
 #[derive(Debug, Default)]
+#[non_exhaustive]
 pub struct Sink {
     /// Messages accepted so far.
     pub messages: u64,

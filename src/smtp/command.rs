@@ -3,6 +3,8 @@
 
 use std::collections::BTreeMap;
 
+use super::param::Param;
+
 /// The commands the session knows.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Verb {
@@ -94,6 +96,17 @@ pub(crate) fn options(rest: &str) -> Vec<String> {
     py_split(&rest.to_uppercase()).map(str::to_owned).collect()
 }
 
+/// The parameters of MAIL/RCPT as sent, case kept: each whitespace-separated option split
+/// at its first `=` (the same options, in the same order, as [`options`]).
+pub(crate) fn typed_params(rest: &str) -> Vec<Param> {
+    py_split(rest)
+        .map(|option| match option.split_once('=') {
+            Some((keyword, value)) => Param::new(keyword, Some(value.to_owned())),
+            None => Param::new(option, None),
+        })
+        .collect()
+}
+
 /// A parameter value: `None` for a bare keyword (`SMTPUTF8`), `Some` for
 /// `KEY=value`.
 pub(crate) type ParamValue = Option<String>;
@@ -152,5 +165,17 @@ mod tests {
         assert!(params(&["X-Y=1".to_owned()]).is_none());
         assert!(params(&["=1".to_owned()]).is_none());
         assert_eq!(params(&[]).unwrap().len(), 0);
+        let typed = typed_params(" size=20  Body=8bitMIME smtputf8 x=a=b");
+        assert_eq!(
+            typed,
+            [
+                Param::new("size", Some("20".into())),
+                Param::new("Body", Some("8bitMIME".into())),
+                Param::new("smtputf8", None),
+                Param::new("x", Some("a=b".into())),
+            ]
+        );
+        let views: Vec<String> = typed.iter().map(Param::to_option).collect();
+        assert_eq!(views, options(" size=20  Body=8bitMIME smtputf8 x=a=b"));
     }
 }

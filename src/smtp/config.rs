@@ -18,6 +18,7 @@ pub const SMTPUTF8_EXTENSION_BYTES: usize = 10;
 /// What to do with a line feed in the message body that is not preceded by
 /// a carriage return.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+#[non_exhaustive]
 pub enum BareLf {
     /// Refuse the message with a 554 reply and reset the transaction.
     #[default]
@@ -30,8 +31,17 @@ pub enum BareLf {
 ///
 /// `Config::default()` gives CPython's `SMTPChannel` defaults, except for
 /// `hostname` (CPython calls `socket.getfqdn()`, which is I/O this module does
-/// not do; the caller should fill it in) and `product`.
+/// not do; the caller should fill it in) and `product`. Settings may be added in
+/// minor versions: start from `Config::default()` and assign the fields you change.
+///
+/// ```
+/// let mut config = smtpd::smtp::Config::default();
+/// config.hostname = "mx.example.org".to_owned();
+/// config.max_recipients = 100;
+/// assert!(config.validate().is_ok());
+/// ```
 #[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct Config {
     /// Name announced in the greeting (`220 {hostname} {product}`) and in the
     /// first line of the HELO/EHLO reply (`250 {hostname}`).
@@ -72,7 +82,7 @@ pub struct Config {
     /// new commands, or built-in ones it overrides (Python's `smtp_XXX` methods).
     pub custom_verbs: Vec<String>,
     /// The EHLO keywords after the hostname line, replacing the default list
-    /// ([`default_ehlo_keywords`](super::default_ehlo_keywords)) when set.
+    /// ([`default_ehlo_keywords`]) when set.
     pub ehlo_keywords: Option<Vec<String>>,
 }
 
@@ -108,6 +118,24 @@ impl Config {
         }
         Ok(())
     }
+}
+
+/// The EHLO keywords CPython's `SMTPChannel` announces for `config`: `SIZE n` when a limit is
+/// set, `8BITMIME` unless `decode_data`, `SMTPUTF8` when enabled, and `HELP`. What
+/// [`Config::ehlo_keywords`] replaces when set.
+pub fn default_ehlo_keywords(config: &Config) -> Vec<String> {
+    let mut lines = Vec::new();
+    if config.data_size_limit != 0 {
+        lines.push(format!("SIZE {}", config.data_size_limit));
+    }
+    if !config.decode_data {
+        lines.push("8BITMIME".to_owned());
+    }
+    if config.enable_smtputf8 {
+        lines.push("SMTPUTF8".to_owned());
+    }
+    lines.push("HELP".to_owned());
+    lines
 }
 
 /// A configuration that [`Config::validate`] refused.

@@ -20,7 +20,7 @@ use std::fmt;
 use memchr::memmem::Finder;
 
 use super::session::{Decision, Framing, Output, Session, UsageError};
-use super::Reply;
+use super::{EnhancedCode, Reply};
 
 /// The end of a message body.
 const END_OF_DATA: &[u8] = b"\r\n.\r\n";
@@ -418,7 +418,11 @@ impl Receiver {
         let result = match self.discard.take() {
             Some(Discard::Oversize) => self.session.feed_oversize(out),
             Some(Discard::OverBudget) => {
-                let reply = Reply::new(452, "4.3.1 Insufficient system storage");
+                let reply = Reply::enhanced(
+                    452,
+                    EnhancedCode::new(4, 3, 1),
+                    "Insufficient system storage",
+                );
                 self.session.feed_data_refused(reply, out)
             }
             None => match whole {

@@ -1,10 +1,11 @@
-//! The table of every reply text the session sends.
+//! The table of every fixed reply text the session sends: pure data, crate-private.
 //!
 //! Texts taken from CPython 3.11's `smtpd.py` are byte-exact; the few
 //! replies CPython lacks (marked "not in CPython") cover cases where CPython
-//! crashes or misbehaves. The session and its tests use only this table.
+//! crashes or misbehaves. The session and its tests use only this table; the
+//! replies built from the [`Config`](super::Config) (greeting, HELO, EHLO, too
+//! many errors) are made in `session.rs`.
 
-use super::config::Config;
 use super::reply::Reply;
 
 /// A fixed reply: code and text known at compile time.
@@ -188,52 +189,6 @@ pub fn rcpt_syntax(extended: bool) -> Canned {
     } else {
         RCPT_SYNTAX
     }
-}
-
-/// The greeting: `220 {hostname} {product}`.
-pub fn greeting(config: &Config) -> Reply {
-    Reply::new(220, format!("{} {}", config.hostname, config.product))
-}
-
-/// The reply to HELO: `250 {hostname}`.
-pub fn helo(config: &Config) -> Reply {
-    Reply::new(250, config.hostname.clone())
-}
-
-/// The multi-line reply to EHLO: hostname, `SIZE n` when limited,
-/// `8BITMIME` unless `decode_data`, `SMTPUTF8` when enabled, `HELP`.
-pub fn ehlo(config: &Config) -> Reply {
-    let mut lines = vec![config.hostname.clone()];
-    match &config.ehlo_keywords {
-        Some(keywords) => lines.extend(keywords.iter().cloned()),
-        None => lines.extend(default_ehlo_keywords(config)),
-    }
-    Reply::multiline(250, lines)
-}
-
-/// The EHLO keywords CPython's `SMTPChannel` announces for `config`: `SIZE n` when a limit is
-/// set, `8BITMIME` unless `decode_data`, `SMTPUTF8` when enabled, and `HELP`.
-pub fn default_ehlo_keywords(config: &Config) -> Vec<String> {
-    let mut lines = Vec::new();
-    if config.data_size_limit != 0 {
-        lines.push(format!("SIZE {}", config.data_size_limit));
-    }
-    if !config.decode_data {
-        lines.push("8BITMIME".to_owned());
-    }
-    if config.enable_smtputf8 {
-        lines.push("SMTPUTF8".to_owned());
-    }
-    lines.push("HELP".to_owned());
-    lines
-}
-
-/// After `max_errors` protocol errors (not in CPython); the connection closes.
-pub fn too_many_errors(config: &Config) -> Reply {
-    Reply::new(
-        421,
-        format!("4.7.0 {} Error: too many errors", config.hostname),
-    )
 }
 
 /// Whether a reply to a command line counts as a protocol error for `max_errors`: unknown

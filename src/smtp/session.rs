@@ -6,13 +6,50 @@ use std::sync::Arc;
 
 use super::address::{self, Path};
 use super::command::{self, Verb};
-use super::config::{Config, COMMAND_SIZE_LIMIT, SIZE_EXTENSION_BYTES, SMTPUTF8_EXTENSION_BYTES};
+use super::config::{
+    default_ehlo_keywords, Config, COMMAND_SIZE_LIMIT, SIZE_EXTENSION_BYTES,
+    SMTPUTF8_EXTENSION_BYTES,
+};
 use super::data::{self, DataError, DataPolicy};
+use super::param::{Param, Recipient};
+use super::peer::Peer;
 use super::replies;
-use super::reply::{echo, Reply};
+use super::reply::{echo, EnhancedCode, Reply};
+
+/// The greeting: `220 {hostname} {product}`.
+pub(super) fn greeting(config: &Config) -> Reply {
+    Reply::new(220, format!("{} {}", config.hostname, config.product))
+}
+
+/// The reply to HELO: `250 {hostname}`.
+fn helo_reply(config: &Config) -> Reply {
+    Reply::new(250, config.hostname.clone())
+}
+
+/// The multi-line reply to EHLO: the hostname, then [`Config::ehlo_keywords`] or
+/// [`default_ehlo_keywords`].
+fn ehlo_reply(config: &Config) -> Reply {
+    let mut lines = vec![config.hostname.clone()];
+    match &config.ehlo_keywords {
+        Some(keywords) => lines.extend(keywords.iter().cloned()),
+        None => lines.extend(default_ehlo_keywords(config)),
+    }
+    Reply::multiline(250, lines)
+}
+
+/// After `max_errors` protocol errors (not in CPython): `421 4.7.0 {hostname} Error: too
+/// many errors`; the connection closes.
+fn too_many_errors(config: &Config) -> Reply {
+    Reply::enhanced(
+        421,
+        EnhancedCode::new(4, 7, 0),
+        format!("{} Error: too many errors", config.hostname),
+    )
+}
 
 /// What the caller must frame next.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
 pub enum Framing {
     /// A command line ending in CRLF; pass it without the CRLF to
     /// [`Session::feed_line`].
@@ -131,8 +168,11 @@ pub struct CommandCheck {
 pub struct AddressCheck {
     /// The address without angle brackets (`"<>"` for the null reverse-path).
     pub address: String,
-    /// The command's parameters, upper-cased as in [`Message::mail_options`].
+    /// The command's parameters, upper-cased as in [`Message::mail_options`] (CPython's
+    /// view of [`params`](Self::params)).
     pub options: Vec<String>,
+    /// The command's parameters as the client sent them.
+    pub params: Vec<Param>,
 }
 
 /// What a pending decision is about; lives in [`State::Deciding`].
@@ -145,14 +185,22 @@ enum Pending {
     },
     /// The envelope MAIL would start.
     Mail(Envelope),
-    /// A recipient and its parameters.
-    Rcpt(String, Vec<String>),
+    /// A recipient, and its parameters in CPython's form.
+    Rcpt(Recipient, Vec<String>),
     Command(String, String),
     Message,
 }
 
 /// A received message, as CPython hands it to `process_message`.
+///
+/// The envelope is here twice: typed and case-preserving ([`mail_params`](Self::mail_params),
+/// [`recipients`](Self::recipients), each recipient with its own parameters), and as
+/// CPython's views ([`rcpt_tos`](Self::rcpt_tos), the upper-cased
+/// [`mail_options`](Self::mail_options) and [`rcpt_options`](Self::rcpt_options)), kept for
+/// code ported from Python. Build one with [`Message::new`] and the `with_*` methods (for
+/// tests of hooks): more fields may come.
 #[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct Message {
     /// The client's address.
     pub peer: SocketAddr,
@@ -160,33 +208,127 @@ pub struct Message {
     pub helo: Option<String>,
     /// The reverse-path without angle brackets (`"<>"` for the null path).
     pub mail_from: String,
-    /// The forward-paths without angle brackets, in order.
+    /// The forward-paths without angle brackets, in order: CPython's view of
+    /// [`recipients`](Self::recipients).
     pub rcpt_tos: Vec<String>,
     /// The message: dot-unstuffed, lines joined with CRLF (or LF when
     /// `Config::lf_newlines`), without the final line break.
     pub data: Vec<u8>,
     /// The MAIL parameters, upper-cased and split on whitespace
-    /// (`["SIZE=20", "BODY=8BITMIME"]`).
+    /// (`["SIZE=20", "BODY=8BITMIME"]`): CPython's view of [`mail_params`](Self::mail_params).
     pub mail_options: Vec<String>,
-    /// The parameters of the last accepted RCPT, in the same form.
+    /// The parameters of the last accepted RCPT, in the same form (CPython keeps only the
+    /// last); every recipient's own are in [`recipients`](Self::recipients).
     pub rcpt_options: Vec<String>,
     /// Whether MAIL carried the SMTPUTF8 parameter.
     pub smtputf8: bool,
+    /// The MAIL parameters as the client sent them, in order.
+    pub mail_params: Vec<Param>,
+    /// The accepted recipients, in order, each with its RCPT parameters.
+    pub recipients: Vec<Recipient>,
+}
+
+impl Message {
+    /// A message from `mail_from` to `rcpt_tos` (recipients without parameters), received
+    /// from `peer`, without HELO name or MAIL parameters: for testing hooks without a socket.
+    pub fn new<I, S>(
+        peer: SocketAddr,
+        mail_from: impl Into<String>,
+        rcpt_tos: I,
+        data: impl Into<Vec<u8>>,
+    ) -> Message
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        let mut message = Message {
+            peer,
+            helo: None,
+            mail_from: mail_from.into(),
+            rcpt_tos: Vec::new(),
+            data: data.into(),
+            mail_options: Vec::new(),
+            rcpt_options: Vec::new(),
+            smtputf8: false,
+            mail_params: Vec::new(),
+            recipients: Vec::new(),
+        };
+        for rcpt in rcpt_tos {
+            message = message.with_recipient(Recipient::new(rcpt, Vec::new()));
+        }
+        message
+    }
+
+    /// The HELO/EHLO name the client gave.
+    pub fn with_helo(mut self, helo: impl Into<String>) -> Message {
+        self.helo = Some(helo.into());
+        self
+    }
+
+    /// The MAIL parameters (also sets CPython's [`mail_options`](Self::mail_options) view).
+    pub fn with_mail_params(mut self, params: Vec<Param>) -> Message {
+        self.mail_options = params.iter().map(Param::to_option).collect();
+        self.mail_params = params;
+        self
+    }
+
+    /// One more recipient (also added to [`rcpt_tos`](Self::rcpt_tos); its parameters become
+    /// [`rcpt_options`](Self::rcpt_options)).
+    pub fn with_recipient(mut self, recipient: Recipient) -> Message {
+        self.rcpt_tos.push(recipient.address.clone());
+        self.rcpt_options = recipient.options();
+        self.recipients.push(recipient);
+        self
+    }
+
+    /// Whether MAIL carried the SMTPUTF8 parameter.
+    pub fn with_smtputf8(mut self, smtputf8: bool) -> Message {
+        self.smtputf8 = smtputf8;
+        self
+    }
+
+    /// The value of the MAIL parameter `keyword` (ignoring ASCII case), as [`Param::find`].
+    pub fn mail_param(&self, keyword: &str) -> Option<Option<&str>> {
+        Param::find(&self.mail_params, keyword)
+    }
 }
 
 /// The mail transaction being built: set by MAIL, extended by RCPT.
+///
+/// As in [`Message`], the typed parameters and recipients come with CPython's views.
 #[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct Envelope {
     /// The reverse-path without angle brackets (`"<>"` for the null path).
     pub mail_from: String,
-    /// The MAIL parameters, upper-cased and split on whitespace.
+    /// The MAIL parameters, upper-cased and split on whitespace: CPython's view of
+    /// [`mail_params`](Self::mail_params).
     pub mail_options: Vec<String>,
-    /// The accepted forward-paths, in order.
+    /// The accepted forward-paths, in order: CPython's view of
+    /// [`recipients`](Self::recipients).
     pub rcpt_tos: Vec<String>,
-    /// The parameters of the last accepted RCPT.
+    /// The parameters of the last accepted RCPT, upper-cased (CPython's view).
     pub rcpt_options: Vec<String>,
     /// Whether MAIL carried the SMTPUTF8 parameter.
     pub smtputf8: bool,
+    /// The MAIL parameters as the client sent them, in order.
+    pub mail_params: Vec<Param>,
+    /// The accepted recipients, in order, each with its RCPT parameters as sent.
+    pub recipients: Vec<Recipient>,
+}
+
+impl Envelope {
+    /// Adds an accepted recipient; `options` is CPython's view of its parameters.
+    fn add(&mut self, recipient: Recipient, options: Vec<String>) {
+        self.rcpt_tos.push(recipient.address.clone());
+        self.rcpt_options = options;
+        self.recipients.push(recipient);
+    }
+
+    /// The value of the MAIL parameter `keyword` (ignoring ASCII case), as [`Param::find`].
+    pub fn mail_param(&self, keyword: &str) -> Option<Option<&str>> {
+        Param::find(&self.mail_params, keyword)
+    }
 }
 
 /// Where the session is. Each state carries the data that exists in it.
@@ -211,7 +353,7 @@ enum State {
 /// bodies. [`Receiver`](super::Receiver) frames bytes for it; use that.
 pub struct Session {
     config: Arc<Config>,
-    peer: SocketAddr,
+    peer: Peer,
     /// The HELO/EHLO argument once accepted, and whether it was EHLO.
     greeting: Option<(String, bool)>,
     state: State,
@@ -241,6 +383,12 @@ impl Session {
     /// A new session for a client at `peer`. `config` should have passed
     /// [`Config::validate`].
     pub fn new(config: Arc<Config>, peer: SocketAddr) -> Session {
+        Session::with_peer(config, Peer::new(peer))
+    }
+
+    /// A new session for the client `peer` (its address and what else is known about the
+    /// connection). `config` should have passed [`Config::validate`].
+    pub fn with_peer(config: Arc<Config>, peer: Peer) -> Session {
         debug_assert!(config.validate().is_ok(), "invalid smtp Config");
         Session {
             config,
@@ -254,7 +402,7 @@ impl Session {
     /// Pushes the `220` greeting, or [`Request::Connect`] with [`Config::check_connect`].
     /// Call once, before feeding anything.
     pub fn start(&mut self, out: &mut Vec<Output>) {
-        log::debug!("smtp session with {}", self.peer);
+        log::debug!("smtp session with {}", self.peer.addr);
         if self.config.check_connect {
             self.state = State::Deciding {
                 envelope: None,
@@ -262,7 +410,7 @@ impl Session {
             };
             out.push(Output::Decide(Request::Connect));
         } else {
-            out.push(Output::Reply(replies::greeting(&self.config)));
+            out.push(Output::Reply(greeting(&self.config)));
         }
     }
 
@@ -335,9 +483,14 @@ impl Session {
         matches!(self.greeting, Some((_, true)))
     }
 
-    /// The client's address.
+    /// The client's address ([`Peer::addr`]).
     pub fn peer(&self) -> SocketAddr {
-        self.peer
+        self.peer.addr
+    }
+
+    /// What is known about the client: its address, later its TLS and PROXY facts.
+    pub fn peer_info(&self) -> &Peer {
+        &self.peer
     }
 
     /// The settings of this session.
@@ -429,13 +582,13 @@ impl Session {
         if errors > 0 && max != 0 && self.errors >= max && !self.is_closed() {
             log::info!(
                 "smtp {}: {} protocol errors; closing",
-                self.peer,
+                self.peer.addr,
                 self.errors
             );
             if self.in_transaction() {
                 out.push(Output::Reset);
             }
-            out.push(Output::Reply(replies::too_many_errors(&self.config)));
+            out.push(Output::Reply(too_many_errors(&self.config)));
             out.push(Output::Close);
             self.state = State::Closed;
         }
@@ -483,7 +636,7 @@ impl Session {
             let shown = echo(verb, self.utf8_replies());
             return push(out, replies::command_not_recognized(&shown));
         };
-        log::trace!("smtp {} command {:?}", self.peer, verb);
+        log::trace!("smtp {} command {:?}", self.peer.addr, verb);
         match verb {
             Verb::Helo | Verb::Ehlo => self.hello(verb == Verb::Ehlo, arg, out),
             Verb::Noop if arg.is_empty() => push(out, replies::OK),
@@ -526,9 +679,9 @@ impl Session {
         self.reset(out);
         self.greeting = Some((arg.to_owned(), extended));
         if extended {
-            push(out, replies::ehlo(&self.config));
+            push(out, ehlo_reply(&self.config));
         } else {
-            push(out, replies::helo(&self.config));
+            push(out, helo_reply(&self.config));
         }
     }
 
@@ -601,18 +754,21 @@ impl Session {
         if non_ascii && !smtputf8 {
             return push(out, replies::NON_ASCII_ADDRESS);
         }
-        log::trace!("smtp {} sender {:?}", self.peer, address);
+        log::trace!("smtp {} sender {:?}", self.peer.addr, address);
         let envelope = Envelope {
             mail_from: address,
             mail_options: options,
             rcpt_tos: Vec::new(),
             rcpt_options: Vec::new(),
             smtputf8,
+            mail_params: command::typed_params(rest),
+            recipients: Vec::new(),
         };
         if self.config.check_mail {
             let request = Request::Mail(AddressCheck {
                 address: envelope.mail_from.clone(),
                 options: envelope.mail_options.clone(),
+                params: envelope.mail_params.clone(),
             });
             return self.decide(Pending::Mail(envelope), request, out);
         }
@@ -661,15 +817,16 @@ impl Session {
         if max != 0 && envelope.rcpt_tos.len() >= max {
             return push(out, replies::TOO_MANY_RECIPIENTS);
         }
+        let recipient = Recipient::new(address, command::typed_params(rest));
         if check {
             let request = Request::Rcpt(AddressCheck {
-                address: address.clone(),
+                address: recipient.address.clone(),
                 options: options.clone(),
+                params: recipient.params.clone(),
             });
-            return self.decide(Pending::Rcpt(address, options), request, out);
+            return self.decide(Pending::Rcpt(recipient, options), request, out);
         }
-        envelope.rcpt_tos.push(address);
-        envelope.rcpt_options = options;
+        envelope.add(recipient, options);
         push(out, replies::OK);
     }
 
@@ -690,7 +847,7 @@ impl Session {
         let before = out.len();
         match what {
             Pending::Connect => match decision {
-                Decision::Default => push(out, replies::greeting(&self.config)),
+                Decision::Default => push(out, greeting(&self.config)),
                 Decision::Reply(reply) if is_positive(&reply) => out.push(Output::Reply(reply)),
                 Decision::Reply(reply) => {
                     out.push(Output::Reply(reply));
@@ -721,7 +878,7 @@ impl Session {
                 }
                 out.push(Output::Reply(reply));
             }
-            Pending::Rcpt(address, options) => {
+            Pending::Rcpt(recipient, options) => {
                 let reply = match decision {
                     Decision::Default => replies::OK.reply(),
                     Decision::Reply(reply) => reply,
@@ -731,8 +888,7 @@ impl Session {
                         envelope: Some(envelope),
                     } = &mut self.state
                     {
-                        envelope.rcpt_tos.push(address);
-                        envelope.rcpt_options = options;
+                        envelope.add(recipient, options);
                     }
                 }
                 out.push(Output::Reply(reply));
@@ -831,7 +987,7 @@ impl Session {
             Ok(data) => {
                 log::debug!(
                     "smtp {} message of {} bytes for {} recipients",
-                    self.peer,
+                    self.peer.addr,
                     data.len(),
                     envelope.rcpt_tos.len()
                 );
@@ -840,7 +996,7 @@ impl Session {
                     what: Pending::Message,
                 };
                 out.push(Output::Decide(Request::Message(Message {
-                    peer: self.peer,
+                    peer: self.peer.addr,
                     helo: self.helo().map(str::to_owned),
                     mail_from: envelope.mail_from,
                     rcpt_tos: envelope.rcpt_tos,
@@ -848,6 +1004,8 @@ impl Session {
                     mail_options: envelope.mail_options,
                     rcpt_options: envelope.rcpt_options,
                     smtputf8: envelope.smtputf8,
+                    mail_params: envelope.mail_params,
+                    recipients: envelope.recipients,
                 })));
             }
             Err(err) => {

@@ -1054,8 +1054,8 @@ fn reply_wire_forms() {
     assert_eq!(wire(&Reply::new(250, "")), "250\r\n");
     assert_eq!(
         wire(&Reply {
-            code: 250,
-            lines: vec![]
+            lines: vec![],
+            ..Reply::new(250, "")
         }),
         "250\r\n"
     );
@@ -1069,10 +1069,8 @@ fn reply_wire_forms() {
 fn reply_texts_never_contain_crlf() {
     let r = Reply::new(550, "evil\r\n250 OK");
     assert_eq!(wire(&r), "550 evil  250 OK\r\n");
-    let hand = Reply {
-        code: 550,
-        lines: vec!["x\ny".to_owned()],
-    };
+    let mut hand = Reply::new(550, "");
+    hand.lines = vec!["x\ny".to_owned()];
     assert_eq!(wire(&hand), "550 x y\r\n");
 }
 
@@ -1267,7 +1265,7 @@ fn connect_decision_greets_or_refuses() {
     assert!(s.is_waiting());
     assert_eq!(
         resolve(&mut s, Decision::Default),
-        vec![Output::Reply(replies::greeting(&cfg))]
+        vec![Output::Reply(session::greeting(&cfg))]
     );
     assert!(!s.is_waiting());
 
@@ -1454,4 +1452,208 @@ fn custom_command_default_runs_the_built_in_or_250() {
     decide_line(&mut s, b"HELO c");
     resolve(&mut s, Decision::Reply(Reply::new(250, "mine")));
     assert_eq!(s.helo(), Some("c"));
+}
+
+// ---- enhanced status codes ------------------------------------------------------
+
+#[test]
+fn enhanced_code_display_and_parse() {
+    let code = EnhancedCode::new(4, 3, 1);
+    assert_eq!(code.to_string(), "4.3.1");
+    assert_eq!("4.3.1".parse(), Ok(code));
+    assert_eq!("5.700.999".parse(), Ok(EnhancedCode::new(5, 700, 999)));
+    for bad in [
+        "", "4", "4.3", "4.3.1.2", "3.1.1", "4.03.1", "4.3.01", "4.1000.1", "4..1", "4.a.1",
+        " 4.3.1", "4.3.1 ",
+    ] {
+        assert_eq!(
+            bad.parse::<EnhancedCode>(),
+            Err(ParseEnhancedCodeError),
+            "{bad:?}"
+        );
+    }
+}
+
+#[test]
+fn enhanced_code_goes_after_the_code_on_every_line() {
+    let code = EnhancedCode::new(2, 0, 0);
+    assert_eq!(wire(&Reply::enhanced(250, code, "OK")), "250 2.0.0 OK\r\n");
+    assert_eq!(wire(&Reply::enhanced(250, code, "")), "250 2.0.0\r\n");
+    assert_eq!(
+        wire(&Reply::multiline(250, ["a", "", "b"]).with_enhanced(code)),
+        "250-2.0.0 a\r\n250-2.0.0\r\n250 2.0.0 b\r\n"
+    );
+    let mut empty = Reply::enhanced(452, EnhancedCode::new(4, 3, 1), "");
+    empty.lines.clear();
+    assert_eq!(wire(&empty), "452 4.3.1\r\n");
+}
+
+#[test]
+fn replies_are_equal_when_their_wire_forms_are() {
+    let typed = Reply::enhanced(
+        452,
+        EnhancedCode::new(4, 3, 1),
+        "Insufficient system storage",
+    );
+    let plain = Reply::new(452, "4.3.1 Insufficient system storage");
+    assert_eq!(typed, plain);
+    use std::hash::BuildHasher;
+    let state = std::hash::RandomState::new();
+    assert_eq!(state.hash_one(&typed), state.hash_one(&plain));
+    assert_ne!(typed, Reply::new(452, "4.3.2 Insufficient system storage"));
+    assert_ne!(typed, Reply::new(451, "4.3.1 Insufficient system storage"));
+    assert_eq!(typed.text(), "4.3.1 Insufficient system storage");
+    assert_eq!(
+        Reply::multiline(250, ["a", "b"])
+            .with_enhanced(EnhancedCode::new(2, 1, 5))
+            .text(),
+        "2.1.5 a 2.1.5 b"
+    );
+}
+
+#[test]
+fn enhanced_code_accessor_reads_the_field_or_the_text() {
+    let code = EnhancedCode::new(5, 7, 1);
+    assert_eq!(Reply::enhanced(550, code, "no").enhanced_code(), Some(code));
+    assert_eq!(Reply::new(550, "5.7.1 no").enhanced_code(), Some(code));
+    assert_eq!(Reply::new(550, "5.7.1").enhanced_code(), Some(code));
+    // The class must match the code's first digit.
+    assert_eq!(Reply::new(450, "5.7.1 no").enhanced_code(), None);
+    assert_eq!(Reply::new(550, "5.7.1x no").enhanced_code(), None);
+    assert_eq!(Reply::new(550, "No such user").enhanced_code(), None);
+}
+
+#[test]
+fn parse_takes_out_a_matching_enhanced_code_and_keeps_the_bytes() {
+    let r = Reply::parse("550 5.1.1 No such user").unwrap();
+    assert_eq!(r.enhanced, Some(EnhancedCode::new(5, 1, 1)));
+    assert_eq!(r.lines, ["No such user"]);
+    let r = Reply::parse("250-2.0.0 a\r\n250 2.0.0 b").unwrap();
+    assert_eq!(r.enhanced, Some(EnhancedCode::new(2, 0, 0)));
+    assert_eq!(r.lines, ["a", "b"]);
+    // Left in the text: class mismatch, different codes per line, a line without one, a
+    // lone trailing space (which the field could not give back), leading zeros.
+    for text in [
+        "450 5.1.1 x",
+        "250-2.0.0 a\r\n250 2.0.1 b",
+        "250-2.0.0 a\r\n250 b",
+        "250 2.0.0 ",
+        "250 2.00.0 x",
+        "250 2.0.0x",
+    ] {
+        let r = Reply::parse(text).unwrap();
+        assert_eq!(r.enhanced, None, "{text:?}");
+    }
+    // Every reply is written back byte for byte.
+    for text in [
+        "550 5.1.1 No such user",
+        "550 5.1.1",
+        "550 5.1.1  two spaces",
+        "250-2.0.0 a\r\n250-2.0.0\r\n250 2.0.0 b",
+        "450 5.1.1 x",
+        "250 2.0.0 ",
+        "250-2.0.0 a\r\n250 b",
+    ] {
+        let r = Reply::parse(text).unwrap();
+        assert_eq!(r.to_string(), text, "{r:?}");
+    }
+}
+
+#[test]
+fn too_many_errors_carries_its_enhanced_code() {
+    let mut cfg = config();
+    cfg.max_errors = 1;
+    let mut s = session_with(cfg);
+    let out = feed(&mut s, b"BOGUS");
+    let Some(Output::Reply(r)) = out.iter().rev().nth(1) else {
+        panic!("expected the too-many-errors reply, got {out:?}");
+    };
+    assert_eq!(r.enhanced, Some(EnhancedCode::new(4, 7, 0)));
+    assert_eq!(
+        r.to_string(),
+        format!("421 4.7.0 {HOST} Error: too many errors")
+    );
+}
+
+// ---- typed parameters, recipients, peer ----------------------------------------
+
+#[test]
+fn parameters_are_kept_typed_and_case_preserving_per_recipient() {
+    let mut s = session_after_ehlo();
+    ok(&mut s, "MAIL FROM:<eggs@example> size=20 Body=8bitMIME");
+    ok(&mut s, "RCPT TO:<a@example>");
+    ok(&mut s, "RCPT TO:<b@example>");
+    let envelope = s.envelope().unwrap();
+    assert_eq!(
+        envelope.mail_params,
+        [
+            Param::new("size", Some("20".into())),
+            Param::new("Body", Some("8bitMIME".into()))
+        ]
+    );
+    assert_eq!(envelope.mail_param("SIZE"), Some(Some("20")));
+    assert_eq!(envelope.mail_param("smtputf8"), None);
+    assert_eq!(envelope.mail_options, ["SIZE=20", "BODY=8BITMIME"]);
+    expect(&mut s, "DATA", &replies::START_DATA.line());
+    let m = message(&mut s, b"hi");
+    assert_eq!(m.mail_options, ["SIZE=20", "BODY=8BITMIME"]);
+    assert_eq!(m.mail_param("body"), Some(Some("8bitMIME")));
+    assert_eq!(
+        m.recipients,
+        [
+            Recipient::new("a@example", Vec::new()),
+            Recipient::new("b@example", Vec::new())
+        ]
+    );
+    assert_eq!(m.rcpt_tos, ["a@example", "b@example"]);
+    let views: Vec<String> = m.mail_params.iter().map(Param::to_option).collect();
+    assert_eq!(views, m.mail_options);
+}
+
+#[test]
+fn checked_mail_and_rcpt_carry_typed_parameters() {
+    let mut cfg = config();
+    cfg.check_mail = true;
+    cfg.check_rcpt = true;
+    let mut s = session_after_ehlo_with(cfg);
+    let out = feed(&mut s, b"MAIL FROM:<eggs@example> Size=5");
+    let [Output::Decide(Request::Mail(check))] = out.as_slice() else {
+        panic!("{out:?}");
+    };
+    assert_eq!(check.params, [Param::new("Size", Some("5".into()))]);
+    assert_eq!(check.options, ["SIZE=5"]);
+    resolve(&mut s, Decision::Default);
+    let out = feed(&mut s, b"RCPT TO:<a@example>");
+    let [Output::Decide(Request::Rcpt(check))] = out.as_slice() else {
+        panic!("{out:?}");
+    };
+    assert!(check.params.is_empty());
+    resolve(&mut s, Decision::Default);
+    assert_eq!(
+        s.envelope().unwrap().recipients,
+        [Recipient::new("a@example", Vec::new())]
+    );
+}
+
+#[test]
+fn message_builder_keeps_the_views_in_step() {
+    let m = Message::new(peer(), "a@example", ["b@example"], b"x".to_vec())
+        .with_helo("client.example")
+        .with_mail_params(vec![Param::new("size", Some("1".into()))])
+        .with_recipient(Recipient::new(
+            "c@example",
+            vec![Param::new("notify", Some("never".into()))],
+        ));
+    assert_eq!(m.helo.as_deref(), Some("client.example"));
+    assert_eq!(m.mail_options, ["SIZE=1"]);
+    assert_eq!(m.rcpt_tos, ["b@example", "c@example"]);
+    assert_eq!(m.rcpt_options, ["NOTIFY=NEVER"]);
+    assert_eq!(m.recipients[1].param("NOTIFY"), Some(Some("never")));
+}
+
+#[test]
+fn session_keeps_its_peer() {
+    let s = Session::with_peer(Arc::new(config()), Peer::new(peer()));
+    assert_eq!(s.peer(), peer());
+    assert_eq!(s.peer_info(), &Peer::from(peer()));
 }

@@ -24,7 +24,7 @@ pub enum Suffixes {
 /// What a list address asks for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[non_exhaustive]
-pub enum Command {
+pub(crate) enum Command {
     /// `LIST`: a post.
     Post,
     /// `LIST-admin`: Mailman 2's bounce address (Mailman 3 calls it `-bounces`).
@@ -105,7 +105,7 @@ impl Command {
 
 /// A recipient that may be a list address.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Candidate {
+pub(crate) struct Candidate {
     /// The list name, lower-case, without domain (Mailman 2's name for the list).
     pub list: String,
     /// What the address asks for.
@@ -133,15 +133,10 @@ impl Candidate {
     }
 }
 
-/// Classifies a recipient (as given in `RCPT TO`, without angle brackets).
-///
-/// ```
-/// use smtpd::servers::mailman::{classify, Command, Suffixes};
-/// let c = classify("Test-Request@Example.COM", Suffixes::Cpython).unwrap();
-/// assert_eq!((c.list.as_str(), c.command), ("test", Command::Request));
-/// assert_eq!(classify("my-list-request@example.com", Suffixes::Cpython), None);
-/// ```
-pub fn classify(rcpt: &str, suffixes: Suffixes) -> Option<Candidate> {
+/// Classifies a recipient (as given in `RCPT TO`, without angle brackets):
+/// `Test-Request@Example.COM` is list `test`, command `Request`; `my-list-request@...` is no
+/// list candidate under CPython's rules (see the tests).
+pub(crate) fn classify(rcpt: &str, suffixes: Suffixes) -> Option<Candidate> {
     let lower = rcpt.to_lowercase();
     // CPython: rcpt.lower().split('@')[0]; the domain is what follows the last '@'.
     let local = lower.split('@').next().unwrap_or("");
@@ -190,7 +185,7 @@ pub fn classify(rcpt: &str, suffixes: Suffixes) -> Option<Candidate> {
 /// `ACCEPTABLE_LISTNAME_CHARACTERS` (`[-+_.=a-z0-9]`), not empty, not starting with a dot (so
 /// neither `.` nor `..`), at most 255 bytes. Nothing else ever reaches the file system, so no
 /// path can escape the lists directory.
-pub fn is_safe_list_name(name: &str) -> bool {
+pub(crate) fn is_safe_list_name(name: &str) -> bool {
     !name.is_empty()
         && name.len() <= 255
         && !name.starts_with('.')
@@ -209,6 +204,17 @@ mod tests {
 
     fn mm3(rcpt: &str) -> Option<String> {
         classify(rcpt, Suffixes::Mailman3).and_then(|c| c.mailman3_address())
+    }
+
+    #[test]
+    fn classify_lower_cases_and_splits_like_cpython() {
+        let c = classify("Test-Request@Example.COM", Suffixes::Cpython).unwrap();
+        assert_eq!((c.list.as_str(), c.command), ("test", Command::Request));
+        assert_eq!(c.domain, "example.com");
+        assert_eq!(
+            classify("my-list-request@example.com", Suffixes::Cpython),
+            None
+        );
     }
 
     #[test]

@@ -13,9 +13,12 @@ use super::classify::is_safe_list_name;
 use crate::chat::forward_source;
 use crate::reactor::{Ctx, Dispatcher, FileStream, Halves, TimerId};
 use crate::server::Reply;
+use crate::smtp::EnhancedCode;
 
 /// A Mailman 2 installation: `$prefix/lists/NAME/config.pck`, `$prefix/mail/mailman`.
+/// Build it with [`Mailman2::at`] (and change the paths if the layout differs).
 #[derive(Clone, Debug)]
+#[non_exhaustive]
 pub struct Mailman2 {
     /// The directory holding one directory per list (`$prefix/lists`).
     pub lists_dir: PathBuf,
@@ -70,42 +73,53 @@ impl Mailman2 {
 }
 
 /// The SMTP reply for the wrapper's exit status (`src/common.h` of Mailman 2.1).
-pub fn reply_for_status(status: Option<ExitStatus>, list: &str, output: &str) -> Reply {
+pub(crate) fn reply_for_status(status: Option<ExitStatus>, list: &str, output: &str) -> Reply {
     let detail = output.lines().last().unwrap_or("").trim();
     match status.map(|s| s.code()) {
         Some(Some(0)) => Reply::ok(),
         // The script found no such list (it vanished since RCPT).
-        Some(Some(1)) => Reply::new(
+        Some(Some(1)) => Reply::enhanced(
             550,
-            format!("5.1.1 Requested action not taken: no list {list}"),
+            EnhancedCode::new(5, 1, 1),
+            format!("Requested action not taken: no list {list}"),
         ),
         Some(Some(code @ (2 | 8))) => {
             log::error!(
                 "Mailman 2's wrapper refused our group (exit {code}: {detail}); run smtpd with \
                  the group Mailman was configured with (--with-mail-gid)"
             );
-            Reply::new(
+            Reply::enhanced(
                 451,
-                "4.3.0 Requested action aborted: local error in processing (Mailman group mismatch)",
+                EnhancedCode::new(4, 3, 0),
+                "Requested action aborted: local error in processing (Mailman group mismatch)",
             )
         }
         Some(Some(code)) => {
             log::error!("Mailman 2's wrapper for {list} exited with {code}: {detail}");
-            Reply::new(
+            Reply::enhanced(
                 451,
-                format!("4.3.0 Requested action aborted: Mailman exited with status {code}"),
+                EnhancedCode::new(4, 3, 0),
+                format!("Requested action aborted: Mailman exited with status {code}"),
             )
         }
         Some(None) => {
             log::error!("Mailman 2's wrapper for {list} was killed by a signal");
-            Reply::new(451, "4.3.0 Requested action aborted: Mailman was killed")
+            Reply::enhanced(
+                451,
+                EnhancedCode::new(4, 3, 0),
+                "Requested action aborted: Mailman was killed",
+            )
         }
-        None => Reply::new(451, "4.3.0 Requested action aborted: Mailman timed out"),
+        None => Reply::enhanced(
+            451,
+            EnhancedCode::new(4, 3, 0),
+            "Requested action aborted: Mailman timed out",
+        ),
     }
 }
 
 /// Called once with the wrapper's verdict.
-pub type Done = Box<dyn FnOnce(Reply, &mut Ctx<'_>)>;
+pub(crate) type Done = Box<dyn FnOnce(Reply, &mut Ctx<'_>)>;
 
 /// The child's stdin (until the message is written) and its stdout+stderr (one pipe), under one
 /// token: a [`Duplex`](crate::reactor::Duplex) whose writing half can be closed early.
@@ -133,7 +147,7 @@ const REAP_INTERVAL: Duration = Duration::from_millis(10);
 
 /// One run of `wrapper COMMAND LIST` with the message on stdin, on the reactor: writes the
 /// message as the pipe takes it, reads what the child says, reaps it, kills it at the deadline.
-pub struct WrapperRun {
+pub(crate) struct WrapperRun {
     child: Child,
     io: ChildIo,
     input: Vec<u8>,

@@ -15,7 +15,7 @@
 //!
 //! CPython's `MailmanProxy` answered `250` whatever happened: refusals upstream were printed,
 //! and list mail was queued with Mailman 2.0's in-process API (which no longer exists). Here
-//! the routing decisions are CPython's ([`classify`]) and the hand-over uses the interfaces
+//! the routing decisions are CPython's (its recipient split) and the hand-over uses the interfaces
 //! Mailman supports. A temporary failure on either side gets the client `451` for the whole
 //! message, even when the other side already took it: a duplicate on retry is better than a
 //! loss.
@@ -23,8 +23,10 @@
 mod classify;
 mod mm2;
 
-pub use classify::{classify, is_safe_list_name, Candidate, Command, Suffixes};
-pub use mm2::{reply_for_status, Mailman2, WrapperRun};
+pub use classify::Suffixes;
+use classify::{classify, Candidate};
+pub use mm2::Mailman2;
+use mm2::WrapperRun;
 
 use std::cell::RefCell;
 use std::net::SocketAddr;
@@ -38,8 +40,9 @@ use super::ProxyOptions;
 use crate::client::{ClientConfig, Event, MailParams, Relay, RelayCommand, RelayOptions};
 use crate::reactor::{Ctx, Handle};
 use crate::server::{
-    AddressRequest, Backend, Message, Outcome, Reply, ServerCtx, SmtpSession, Ticket,
+    AddressRequest, Backend, Message, Outcome, Peer, Reply, ServerCtx, SmtpSession, Ticket,
 };
+use crate::smtp::EnhancedCode;
 
 /// Where Mailman 3's LMTP runner listens (`[mta] lmtp_host`/`lmtp_port`).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -125,7 +128,7 @@ impl Default for MailmanOptions {
 /// CPython's `MailmanProxy(localaddr, remoteaddr)`, for Mailman 3 (LMTP) and Mailman 2 (its
 /// mail wrapper), on the reactor.
 ///
-/// * A recipient is a list candidate by CPython's rules ([`classify`]; [`Suffixes::Mailman3`]
+/// * A recipient is a list candidate by CPython's rules (its recipient split; [`Suffixes::Mailman3`]
 ///   for Mailman 3's own addresses). Mailman 3 is asked at `RCPT` time over LMTP (it answers
 ///   `550` for an unknown list); Mailman 2's list directory is looked at. A list's recipient is
 ///   Mailman's; every other recipient is relayed upstream live, with the upstream's own reply,
@@ -215,9 +218,9 @@ impl MailmanProxy {
 }
 
 impl Backend for MailmanProxy {
-    fn open_session(&mut self, peer: SocketAddr) -> Box<dyn SmtpSession> {
+    fn open_session(&mut self, peer: &Peer) -> Box<dyn SmtpSession> {
         Box::new(MailmanSession {
-            conn: Conn::new(self.shared.clone(), peer),
+            conn: Conn::new(self.shared.clone(), peer.addr),
         })
     }
 }
@@ -317,9 +320,10 @@ struct Conn {
 const HEADER_ALLOWANCE: u64 = 1024;
 
 fn unavailable() -> Reply {
-    Reply::new(
+    Reply::enhanced(
         451,
-        "4.4.1 Requested action aborted: the mailing list server is not available, try again later",
+        EnhancedCode::new(4, 4, 1),
+        "Requested action aborted: the mailing list server is not available, try again later",
     )
 }
 
@@ -328,12 +332,13 @@ fn temporary(side: Side, reply: &Reply) -> Reply {
         Side::Upstream => "upstream",
         Side::Mailman => "Mailman",
     };
-    Reply::new(
+    Reply::enhanced(
         451,
+        EnhancedCode::new(4, 3, 0),
         format!(
-            "4.3.0 Requested action aborted: {who} said {} {}",
+            "Requested action aborted: {who} said {} {}",
             reply.code,
-            reply.lines.join(" ")
+            reply.text()
         ),
     )
 }
@@ -411,7 +416,11 @@ impl Conn {
                 on_event,
             ),
             (Side::Mailman, MailmanVersion::Mailman2(_)) => {
-                return Err(Reply::new(451, "4.3.0 Requested action aborted: no LMTP"))
+                return Err(Reply::enhanced(
+                    451,
+                    EnhancedCode::new(4, 3, 0),
+                    "Requested action aborted: no LMTP",
+                ))
             }
         };
         match relay {
@@ -431,9 +440,10 @@ impl Conn {
                     Side::Mailman => log::warn!("cannot connect to Mailman: {e}"),
                 }
                 Err(match side {
-                    Side::Upstream => Reply::new(
+                    Side::Upstream => Reply::enhanced(
                         451,
-                        "4.4.1 Requested action aborted: cannot reach the upstream server",
+                        EnhancedCode::new(4, 4, 1),
+                        "Requested action aborted: cannot reach the upstream server",
                     ),
                     Side::Mailman => unavailable(),
                 })
@@ -516,9 +526,10 @@ impl Conn {
     fn relay_rcpt(&mut self, rcpt: &str, ctx: &mut Ctx<'_>) -> Step {
         if !may_relay(&self.shared.options.proxy, self.peer.ip()) {
             log::warn!("{}: relay access denied for <{rcpt}>", self.peer);
-            return Step::Done(Reply::new(
+            return Step::Done(Reply::enhanced(
                 554,
-                format!("5.7.1 <{rcpt}>: Relay access denied"),
+                EnhancedCode::new(5, 7, 1),
+                format!("<{rcpt}>: Relay access denied"),
             ));
         }
         let relay = match self.ensure_relay(Side::Upstream, ctx) {
@@ -551,7 +562,11 @@ impl Conn {
             ),
             Event::Failed(reply) => self.lost(side, reply, ctx),
             Event::Closed => {
-                let reply = Reply::new(451, "4.4.2 Requested action aborted: connection closed");
+                let reply = Reply::enhanced(
+                    451,
+                    EnhancedCode::new(4, 4, 2),
+                    "Requested action aborted: connection closed",
+                );
                 self.lost(side, reply, ctx)
             }
             _ => {}
@@ -586,7 +601,7 @@ impl Conn {
                     "Mailman refused the sender <{}> for <{rcpt}>: {} {}",
                     self.mail_from,
                     reply.code,
-                    reply.lines.join(" ")
+                    reply.text()
                 );
                 Step::Done(if reply.code / 100 == 5 {
                     reply
@@ -634,7 +649,7 @@ impl Conn {
                     log::warn!(
                         "Mailman answered {} {} for <{rcpt}>",
                         reply.code,
-                        reply.lines.join(" ")
+                        reply.text()
                     );
                     Step::Done(unavailable())
                 }
@@ -685,7 +700,7 @@ impl Conn {
                 Side::Mailman => {
                     log::warn!(
                         "Mailman is not available ({}): list mail deferred",
-                        reply.lines.join(" ")
+                        reply.text()
                     );
                     unavailable()
                 }
@@ -791,9 +806,10 @@ impl Conn {
                     }
                     Err(e) => {
                         log::error!("cannot run {}: {e}", mm2.wrapper.display());
-                        results[i] = Some(Reply::new(
+                        results[i] = Some(Reply::enhanced(
                             451,
-                            "4.3.0 Requested action aborted: cannot run Mailman's mail wrapper",
+                            EnhancedCode::new(4, 3, 0),
+                            "Requested action aborted: cannot run Mailman's mail wrapper",
                         ));
                     }
                 }
@@ -860,7 +876,7 @@ impl Conn {
                 "<{rcpt}> (from <{}>) not delivered: {} {}",
                 self.mail_from,
                 reply.code,
-                reply.lines.join(" ")
+                reply.text()
             );
         }
         let Some(&(first_rcpt, first)) = failures.first() else {
@@ -877,18 +893,19 @@ impl Conn {
                     "451 for a message partly delivered: a retry duplicates it for {delivered} recipients"
                 );
             }
-            return Some(Reply::new(
+            return Some(Reply::enhanced(
                 451,
+                EnhancedCode::new(4, 3, 0),
                 format!(
-                    "4.3.0 Requested action aborted: <{rcpt}>: {} {}{also}",
+                    "Requested action aborted: <{rcpt}>: {} {}{also}",
                     temp.code,
-                    temp.lines.join(" ")
+                    temp.text()
                 ),
             ));
         }
         Some(Reply::new(
             first.code,
-            format!("<{first_rcpt}>: {}{also}", first.lines.join(" ")),
+            format!("<{first_rcpt}>: {}{also}", first.text()),
         ))
     }
 }
@@ -904,7 +921,7 @@ fn route_side(route: &Route) -> Option<Side> {
 /// Adds `From: <sender>` and `Date:` when the header section lacks them, after its last header,
 /// as CPython's `MailmanProxy` did before queueing (Mailman 3 adds neither). The null sender
 /// gets no `From:`. The date is RFC 5322's (CPython wrote `time.ctime()`).
-pub fn complete_headers(data: &[u8], mail_from: &str, now: SystemTime) -> Vec<u8> {
+pub(crate) fn complete_headers(data: &[u8], mail_from: &str, now: SystemTime) -> Vec<u8> {
     let end = header_end(data).unwrap_or(data.len());
     let has = |name: &[u8]| {
         data[..end].split(|&b| b == b'\n').any(|line| {
@@ -950,7 +967,11 @@ impl SmtpSession for MailmanSession {
         if hops > conn.shared.options.proxy.max_hops {
             log::warn!("{}: {hops} hops, a mail loop?", message.peer);
             conn.end_transaction(cx.ctx());
-            return Outcome::Reply(Reply::new(554, "5.4.6 Too many hops"));
+            return Outcome::Reply(Reply::enhanced(
+                554,
+                EnhancedCode::new(5, 4, 6),
+                "Too many hops",
+            ));
         }
         match conn.deliver(message, cx.ctx()) {
             Step::Done(reply) => {
