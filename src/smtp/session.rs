@@ -184,7 +184,7 @@ enum Pending {
         name: String,
     },
     /// The envelope MAIL would start.
-    Mail(Envelope),
+    Mail(Box<Envelope>),
     /// A recipient, and its parameters in CPython's form.
     Rcpt(Recipient, Vec<String>),
     Command(String, String),
@@ -336,15 +336,16 @@ impl Envelope {
 enum State {
     /// Reading commands; `envelope` is set between MAIL and the end of the
     /// transaction.
-    Command { envelope: Option<Envelope> },
+    /// (Envelopes are boxed: an idle connection carries only a pointer's worth of them.)
+    Command { envelope: Option<Box<Envelope>> },
     /// Waiting for the caller's [`Decision`] on `what`; `envelope` is the transaction as it
     /// was when the request was made (none for a message: it was handed out).
     Deciding {
-        envelope: Option<Envelope>,
+        envelope: Option<Box<Envelope>>,
         what: Pending,
     },
     /// Reading the message body after `354`.
-    Data { envelope: Envelope },
+    Data { envelope: Box<Envelope> },
     /// QUIT was received, the connection was refused, or the error limit was reached.
     Closed,
 }
@@ -450,7 +451,7 @@ impl Session {
     /// out or the transaction is reset.
     pub fn envelope(&self) -> Option<&Envelope> {
         match &self.state {
-            State::Command { envelope } | State::Deciding { envelope, .. } => envelope.as_ref(),
+            State::Command { envelope } | State::Deciding { envelope, .. } => envelope.as_deref(),
             State::Data { envelope } => Some(envelope),
             State::Closed => None,
         }
@@ -770,10 +771,10 @@ impl Session {
                 options: envelope.mail_options.clone(),
                 params: envelope.mail_params.clone(),
             });
-            return self.decide(Pending::Mail(envelope), request, out);
+            return self.decide(Pending::Mail(Box::new(envelope)), request, out);
         }
         self.state = State::Command {
-            envelope: Some(envelope),
+            envelope: Some(Box::new(envelope)),
         };
         push(out, replies::OK);
     }
