@@ -96,7 +96,7 @@ pub fn demo(graceful: bool) -> io::Result<Vec<Message>> {
     if graceful {
         // The client is still connected and idle: it gets 421 and the listener closes.
         let grace = Duration::from_secs(5);
-        server.remote.notify(server.listener, Shutdown { grace });
+        server.remote.notify(server.listener, Shutdown::new(grace));
     } else {
         // From any thread, e.g. a signal handler thread: run() returns after this tick.
         server.stop.stop();

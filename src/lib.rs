@@ -11,8 +11,8 @@
 //! | module | Python counterpart | job | touches sockets? |
 //! |---|---|---|---|
 //! | [`reactor`] | `asyncore` | the loop, the dispatcher map, timers, stop and remote handles | yes |
-//! | [`chat`] | `asynchat.async_chat` | terminator framing, output queue, backpressure | yes |
-//! | [`smtp`] | `smtpd.SMTPChannel`'s logic | the sans-I/O SMTP session: lines in, replies out | **no** |
+//! | [`chat`] | `asynchat.async_chat` | the [`Transport`](chat::Transport) (switchable in place), output queue, backpressure, terminator framing for other line protocols | yes |
+//! | [`smtp`] | `smtpd.SMTPChannel`'s logic | the sans-I/O [`Receiver`](smtp::Receiver) (bytes in, all framing) over the [`Session`](smtp::Session) (meaning, decisions) | **no** |
 //! | [`server`] | `smtpd.SMTPServer` | the [`SmtpServer`](server::SmtpServer) trait, per-connection [`SmtpSession`](server::SmtpSession)s opened by a [`Backend`](server::Backend), [`Listener`](server::Listener), deferred replies | listener only |
 //! | [`client`] | `smtplib` (as PureProxy used it) | sans-I/O SMTP/LMTP client and the in-loop [`Relay`](client::Relay) | via `chat` |
 //! | [`servers`] | `DebuggingServer`, `PureProxy`, `MailmanProxy` | built-in servers, written against the public API | no |

@@ -95,7 +95,7 @@ fn a_chat_serves_a_pipe_pair_driven_by_a_thread() {
     let (lines, seen) = Lines::new();
     let h = reactor.add(ChatDispatcher::new(ours, lines)).unwrap();
     let peer = ClientThread::spawn(&reactor, move || {
-        let Duplex { reader, writer } = theirs;
+        let Duplex { reader, writer, .. } = theirs;
         reader.set_nonblocking(false).unwrap();
         writer.set_nonblocking(false).unwrap();
         let (mut reader, mut writer) = (

@@ -748,9 +748,7 @@ fn shutdown_lets_a_relay_in_flight_finish_before_the_loop_ends() {
         thread::sleep(Duration::from_millis(50));
         proxy.remote.notify(
             proxy.listener,
-            smtpd::server::Shutdown {
-                grace: Duration::from_secs(5),
-            },
+            smtpd::server::Shutdown::new(Duration::from_secs(5)),
         );
         let verdict = c.reply();
         assert!(verdict.starts_with("250"), "{mode:?}: {verdict}");

@@ -505,12 +505,9 @@ fn shutdown_lets_the_transaction_in_flight_finish_then_says_421() {
     let mut busy = Client::in_data(server.addrs[0]);
     let mut idle = Client::greeted(server.addrs[0]);
     busy.send("Subject: in flight\r\n");
-    server.remote.notify(
-        server.listener,
-        Shutdown {
-            grace: Duration::from_secs(5),
-        },
-    );
+    server
+        .remote
+        .notify(server.listener, Shutdown::new(Duration::from_secs(5)));
     assert_eq!(
         idle.line(),
         "421 test.example Service not available, closing transmission channel"
@@ -538,12 +535,9 @@ fn shutdown_grace_runs_out_for_a_stalled_transaction() {
     let mut busy = Client::in_data(server.addrs[0]);
     busy.send("never finished\r\n");
     thread::sleep(Duration::from_millis(50));
-    server.remote.notify(
-        server.listener,
-        Shutdown {
-            grace: Duration::from_millis(100),
-        },
-    );
+    server
+        .remote
+        .notify(server.listener, Shutdown::new(Duration::from_millis(100)));
     assert_eq!(
         busy.line(),
         "421 test.example Service not available, closing transmission channel"

@@ -331,12 +331,7 @@ fn serve(options: &Options, classes: &Classes) -> Result<(), String> {
             seen += 1;
             if seen == 1 {
                 log::info!("signal {signal}: shutting down gracefully");
-                remote.notify(
-                    target,
-                    Shutdown {
-                        grace: SHUTDOWN_GRACE,
-                    },
-                );
+                remote.notify(target, Shutdown::new(SHUTDOWN_GRACE));
             } else {
                 log::info!("signal {signal} again: stopping now");
                 remote.stop_handle().stop();

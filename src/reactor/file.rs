@@ -138,6 +138,7 @@ impl AsFd for FileStream {
 /// # Ok::<(), std::io::Error>(())
 /// ```
 #[derive(Debug)]
+#[non_exhaustive]
 pub struct Duplex<R, W> {
     /// Where input comes from.
     pub reader: R,

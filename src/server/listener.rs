@@ -28,9 +28,17 @@ use crate::smtp::Config;
 /// or gets `421` when `grace` runs out. [`Listener::is_shut_down`] tells when all of that is
 /// over; [`Reactor::run`] returns then too if the reactor has nothing else to run.
 #[derive(Clone, Copy, Debug)]
+#[non_exhaustive]
 pub struct Shutdown {
     /// How long transactions in flight may take to finish.
     pub grace: Duration,
+}
+
+impl Shutdown {
+    /// A graceful shutdown: transactions in flight get `grace` to finish.
+    pub fn new(grace: Duration) -> Shutdown {
+        Shutdown { grace }
+    }
 }
 
 type AcceptFn = Box<dyn FnMut(TcpStream, SocketAddr, &mut Ctx<'_>)>;
