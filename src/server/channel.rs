@@ -255,7 +255,7 @@ impl SmtpChannel {
         };
         let Some(hooks) = self.hooks.as_deref_mut() else {
             // No session (it could not be opened): nothing can be decided.
-            let summary = format!("{peer} without a session");
+            let summary = || format!("{peer} without a session");
             return self.finish(kind, Decision::Reply(local_error()), &summary);
         };
         let session = self.receiver.session();
@@ -277,26 +277,21 @@ impl SmtpChannel {
                 }));
             }
             (Outcome::Deferred(_), _) => {
-                let summary = summary();
                 log::error!(
-                    "{summary}: Outcome::Deferred with a ticket this hook call did not obtain \
+                    "{}: Outcome::Deferred with a ticket this hook call did not obtain \
                      from ServerCtx::defer; answering 451",
+                    summary()
                 );
                 self.finish(kind, Decision::Reply(local_error()), &summary);
             }
-            (Outcome::Accept, _) => {
-                let summary = summary();
-                self.finish(kind, Decision::Default, &summary);
-            }
-            (Outcome::Reply(reply), _) => {
-                let summary = summary();
-                self.finish(kind, Decision::Reply(reply), &summary);
-            }
+            // The summary is formatted only if it is logged.
+            (Outcome::Accept, _) => self.finish(kind, Decision::Default, &summary),
+            (Outcome::Reply(reply), _) => self.finish(kind, Decision::Reply(reply), &summary),
         }
     }
 
     /// Gives the session the decision it waits for.
-    fn finish(&mut self, kind: Kind, mut decision: Decision, summary: &str) {
+    fn finish(&mut self, kind: Kind, mut decision: Decision, summary: &dyn Fn() -> String) {
         if kind == Kind::Connect {
             decision = match decision {
                 // `250 OK` (`Outcome::Accept`, `Ticket::accept`) greets with the default line.
@@ -318,12 +313,12 @@ impl SmtpChannel {
             _ => 250,
         };
         if kind == Kind::Message && log::log_enabled!(log::Level::Info) {
-            log::info!("{summary} -> {code}");
+            log::info!("{} -> {code}", summary());
         } else if log::log_enabled!(log::Level::Debug) {
-            log::debug!("{summary} -> {code}");
+            log::debug!("{} -> {code}", summary());
         }
         if let Err(e) = self.receiver.resolve(decision, &mut self.outputs) {
-            log::error!("{summary}: {e}");
+            log::error!("{}: {e}", summary());
         }
     }
 
@@ -339,7 +334,9 @@ impl SmtpChannel {
             );
             local_error()
         });
-        self.finish(deferred.kind, Decision::Reply(reply), &deferred.summary);
+        self.finish(deferred.kind, Decision::Reply(reply), &|| {
+            deferred.summary.clone()
+        });
         self.resume(chat, ctx);
     }
 
@@ -555,11 +552,9 @@ impl ChatHandler for SmtpChannel {
                 "{}: no answer within the deferral deadline; answering 451",
                 deferred.summary
             );
-            self.finish(
-                deferred.kind,
-                Decision::Reply(local_error()),
-                &deferred.summary,
-            );
+            self.finish(deferred.kind, Decision::Reply(local_error()), &|| {
+                deferred.summary.clone()
+            });
             self.resume(chat, ctx);
         } else if matches!(self.phase, Phase::ShuttingDown { grace: Some(t) } if t == timer) {
             self.phase = Phase::ShuttingDown { grace: None };
