@@ -686,7 +686,9 @@ pub struct ServerOptions {
     pub defer_timeout: Duration,
     /// Wait this long before the `220` greeting; a client that sends anything before it (an
     /// "early talker", typically spamware that does not wait) gets `554` and is closed. `None`
-    /// (the default) greets at once, as CPython does.
+    /// (the default) greets at once, as CPython does. The connect hook
+    /// ([`SmtpSession::on_connect`]) runs when the delay is over, so an early talker is
+    /// refused without it.
     pub greeting_delay: Option<Duration>,
     /// Buffering limits of each connection (including the hard cap on queued output).
     pub chat: ChatOptions,
