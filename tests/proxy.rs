@@ -773,3 +773,60 @@ fn shutdown_lets_a_relay_in_flight_finish_before_the_loop_ends() {
         .iter()
         .all(|d| d.data.ends_with(b"in flight\r\nX-Peer: 127.0.0.1")));
 }
+
+/// A body of `size` bytes in CRLF lines, some starting with a dot.
+fn big_body(size: usize) -> Vec<u8> {
+    let mut body = b"Subject: big\r\n\r\n".to_vec();
+    let mut n = 0u64;
+    while body.len() < size {
+        if n % 97 == 0 {
+            body.extend_from_slice(b".");
+        }
+        body.extend_from_slice(
+            format!("line {n:08} of a message near the advertised size\r\n").as_bytes(),
+        );
+        n += 1;
+    }
+    body.truncate(size);
+    while body.ends_with(b"\r") || body.ends_with(b"\n") {
+        body.pop();
+    }
+    body
+}
+
+#[test]
+fn a_message_of_many_mebibytes_is_relayed_in_both_modes() {
+    // A relay leg used to give up above 1 MiB (its whole dot-stuffed body went into an output
+    // queue capped at 1 MiB). 9 MiB: under the scripted upstream's own `SIZE 10000000` (above
+    // it, after-data mode refuses locally with 552, as it should).
+    let body = big_body(9 * 1024 * 1024);
+    let upstream = Upstream::start();
+    for mode in [RelayMode::Live, RelayMode::AfterData] {
+        let mut relay = RelayOptions::default();
+        relay.data_timeout = Duration::from_secs(60);
+        let proxy = Proxy::start_mode(upstream.addr, relay, mode);
+        let mut c = Client::connect(proxy.addr);
+        c.r.get_ref()
+            .set_read_timeout(Some(Duration::from_secs(60)))
+            .unwrap();
+        let reply = c.send("a@example.com", &["b@example.com"], &body);
+        assert!(reply.starts_with("250 "), "{mode:?}: {reply}");
+        let got = upstream.delivered();
+        let last = got.last().expect("delivered");
+        // The trace headers come first; the body arrives whole and byte-exact after them.
+        let at = last
+            .data
+            .windows(14)
+            .position(|w| w == b"Subject: big\r\n")
+            .expect("the message's own header");
+        let rest = &last.data[at..];
+        assert_eq!(
+            rest.len(),
+            body.len() + b"X-Peer: 127.0.0.1\r\n".len(),
+            "{mode:?}"
+        );
+        assert!(rest.ends_with(&body[body.len() - 1000..]), "{mode:?}");
+        drop(c);
+    }
+    assert_eq!(upstream.delivered().len(), 2);
+}

@@ -130,6 +130,30 @@ impl ChatDispatcher<Socket, RelayHandler> {
     }
 }
 
+/// Output larger than this (a message body) is queued as a producer of pieces this big.
+const BODY_PIECE: usize = 64 * 1024;
+
+/// A large output buffer handed out in [`BODY_PIECE`]s.
+struct Pieces {
+    data: Vec<u8>,
+    pos: usize,
+}
+
+impl crate::chat::Producer for Pieces {
+    fn more(&mut self) -> Option<Vec<u8>> {
+        if self.pos >= self.data.len() {
+            return None;
+        }
+        let end = (self.pos + BODY_PIECE).min(self.data.len());
+        let piece = self.data[self.pos..end].to_vec();
+        self.pos = end;
+        if self.pos == self.data.len() {
+            self.data = Vec::new();
+        }
+        Some(piece)
+    }
+}
+
 /// Longest reply line accepted from an upstream (RFC 5321 4.5.3.1.5 says 512).
 const MAX_REPLY_LINE: usize = 4096;
 
@@ -139,7 +163,14 @@ impl RelayHandler {
         loop {
             let mut out = Vec::new();
             if self.client.poll_transmit(&mut out) {
-                chat.push_vec(out);
+                if out.len() > BODY_PIECE {
+                    // A message body: handed to the socket a piece at a time as it drains, so
+                    // a body of any accepted size fits under the output cap (which bounds what
+                    // waits in the queue, not what a producer still holds).
+                    chat.push_with_producer(Box::new(Pieces { data: out, pos: 0 }));
+                } else {
+                    chat.push_vec(out);
+                }
             }
             let Some(event) = self.client.poll_event() else {
                 break;
