@@ -120,11 +120,12 @@ fn serve(conn: TcpStream, delivered: Arc<Mutex<Vec<Delivered>>>, stop: Arc<Atomi
                 "250-upstream.example\r\n250-8BITMIME\r\n250-SMTPUTF8\r\n250 SIZE 10000000",
             );
         } else if upper.starts_with("MAIL FROM:") {
-            from = cmd[10..]
-                .trim_matches(|c| c == '<' || c == '>' || c == ' ')
-                .split('>')
-                .next()
-                .unwrap_or("")
+            // The path between the angle brackets (`<>` is the null sender).
+            let path = cmd[10..].trim_start();
+            from = path
+                .strip_prefix('<')
+                .and_then(|p| p.split('>').next())
+                .unwrap_or(path)
                 .to_string();
             rcpts.clear();
             if from.starts_with("stall@") {
@@ -829,4 +830,70 @@ fn a_message_of_many_mebibytes_is_relayed_in_both_modes() {
         drop(c);
     }
     assert_eq!(upstream.delivered().len(), 2);
+}
+
+#[test]
+fn after_data_a_recipient_refused_after_250_gets_the_sender_a_dsn() {
+    let upstream = Upstream::start();
+    let proxy = Proxy::start(upstream.addr, fast());
+    let mut c = Client::connect(proxy.addr);
+    let body = b"Subject: report me\r\nMessage-ID: <m1@example.com>\r\n\r\nhello";
+    assert_eq!(
+        c.send(
+            "sender@example.com",
+            &["ok@example.com", "r550-gone@example.com"],
+            body
+        ),
+        "250 OK"
+    );
+    assert!(
+        wait_until(Duration::from_secs(5), || upstream.delivered().len() == 2),
+        "{:?}",
+        upstream.delivered()
+    );
+    let got = upstream.delivered();
+    assert_eq!(got[0].rcpts, ["ok@example.com"]);
+    let dsn = &got[1];
+    assert_eq!(dsn.from, "", "a notification goes from the null sender");
+    assert_eq!(dsn.rcpts, ["sender@example.com"]);
+    let text = String::from_utf8(dsn.data.clone()).unwrap();
+    assert!(text.contains("report-type=delivery-status"), "{text}");
+    assert!(
+        text.contains(
+            "Final-Recipient: rfc822; r550-gone@example.com\r\nAction: failed\r\nStatus: 5."
+        ),
+        "{text}"
+    );
+    assert!(
+        !text.contains("Final-Recipient: rfc822; ok@example.com"),
+        "{text}"
+    );
+    assert!(text.contains("Subject: report me\r\n"), "{text}");
+    assert!(text.contains("Message-ID: <m1@example.com>\r\n"), "{text}");
+    // The refusal hook heard of it too.
+    let refusal = proxy.refusals.recv_timeout(Duration::from_secs(1)).unwrap();
+    assert_eq!(refusal.rcpt, "r550-gone@example.com");
+
+    // The null sender gets no notification (it would be a bounce of a bounce).
+    assert_eq!(
+        c.send("", &["ok@example.com", "r550-gone@example.com"], body),
+        "250 OK"
+    );
+    assert!(wait_until(Duration::from_secs(5), || upstream
+        .delivered()
+        .len()
+        == 3));
+    thread::sleep(Duration::from_millis(200));
+    assert_eq!(upstream.delivered().len(), 3);
+}
+
+fn wait_until(timeout: Duration, mut done: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + timeout;
+    while !done() {
+        if Instant::now() >= deadline {
+            return false;
+        }
+        thread::sleep(Duration::from_millis(10));
+    }
+    true
 }

@@ -1,6 +1,7 @@
 //! Built-in servers, written only against the public [`SmtpServer`](crate::server::SmtpServer)
 //! API, as a user would write their own.
 pub mod debugging;
+mod dsn;
 mod headers;
 pub mod mailman;
 mod pure_proxy;

@@ -31,8 +31,9 @@ pub enum RelayMode {
     /// CPython's timing: after the whole message has been received. All recipients accepted →
     /// `250 OK`; any temporary refusal → `451` for the whole message (nothing is sent, so a
     /// retry duplicates nothing); all refused permanently → the upstream's reply; some refused
-    /// permanently and the rest accepted → `250`, with each refusal logged and reported to the
-    /// [refusal hook](PureProxy::on_refusal).
+    /// permanently and the rest accepted → `250`, with each refusal logged, reported to the
+    /// [refusal hook](PureProxy::on_refusal), and named in a delivery status notification to the
+    /// sender ([`ProxyOptions::send_dsn`]).
     AfterData,
 }
 
@@ -68,6 +69,12 @@ pub struct ProxyOptions {
     /// Refuse messages that already carry more `Received:` headers than this (a mail loop).
     /// Default 50, as Postfix's `hopcount_limit`.
     pub max_hops: usize,
+    /// After-data mode: when the upstream refuses some recipients permanently after the client
+    /// was told `250` for the message, send the envelope sender a delivery status notification
+    /// (RFC 3464) through the upstream, naming each refused recipient with the upstream's reply
+    /// (never for the null sender). Default true; off, the refusals are only logged and given
+    /// to the [refusal hook](PureProxy::on_refusal).
+    pub send_dsn: bool,
 }
 
 impl Default for ProxyOptions {
@@ -80,6 +87,7 @@ impl Default for ProxyOptions {
             trust_loopback: true,
             open_relay: false,
             max_hops: 50,
+            send_dsn: true,
         }
     }
 }
@@ -309,6 +317,7 @@ impl ProxySession {
         let params = MailParams::for_message(&data, message.smtputf8);
         let ticket = cx.defer();
         let deferred = Outcome::deferred(&ticket);
+        let headers_end = super::headers::header_end(&message.data).unwrap_or(message.data.len());
         let mut state = AfterData {
             ticket: Some(ticket),
             mail_from: message.mail_from.clone(),
@@ -316,6 +325,12 @@ impl ProxySession {
             replies: vec![None; message.rcpt_tos.len()],
             data: Some(data),
             on_refusal: settings.on_refusal.clone(),
+            dsn: settings.options.send_dsn.then(|| DsnSource {
+                hostname: settings.options.hostname.clone(),
+                next_hop: settings.upstream.to_string(),
+                headers: message.data[..headers_end].to_vec(),
+            }),
+            sending_dsn: None,
         };
         let relay = settings.open_relay(Box::new(move |event, client, ctx| {
             state.handle(event, client, ctx)
@@ -476,6 +491,18 @@ struct AfterData {
     replies: Vec<Option<Reply>>,
     data: Option<Vec<u8>>,
     on_refusal: Option<RefusalHook>,
+    /// What a notification is made of, when notifications are sent.
+    dsn: Option<DsnSource>,
+    /// The recipients a notification being sent names (for the log).
+    sending_dsn: Option<Vec<String>>,
+}
+
+/// What a delivery status notification quotes.
+struct DsnSource {
+    hostname: String,
+    next_hop: String,
+    /// The original message's header section.
+    headers: Vec<u8>,
 }
 
 fn upstream_temporary(reply: &Reply) -> Reply {
@@ -497,6 +524,9 @@ impl AfterData {
     }
 
     fn handle(&mut self, event: Event, client: &mut Client, ctx: &mut Ctx<'_>) {
+        if self.sending_dsn.is_some() {
+            return self.handle_dsn(event, client);
+        }
         match event {
             Event::Ready(_) => {}
             Event::Mail(reply) if reply.code / 100 == 2 => {}
@@ -518,15 +548,19 @@ impl AfterData {
                 }
             }
             Event::DataRefused(reply) | Event::Data(reply) => {
+                let delivered = reply.code / 100 == 2;
                 let verdict = match reply.code / 100 {
-                    2 => {
-                        self.report_refusals();
-                        Reply::ok()
-                    }
+                    2 => Reply::ok(),
                     5 => reply,
                     _ => upstream_temporary(&reply),
                 };
                 self.finish(verdict, ctx);
+                if delivered {
+                    let refused = self.report_refusals();
+                    if self.start_dsn(&refused, client) {
+                        return;
+                    }
+                }
                 client.quit();
             }
             Event::Failed(reply) => self.finish(reply, ctx),
@@ -556,8 +590,87 @@ impl AfterData {
         }
     }
 
-    fn report_refusals(&mut self) {
-        for (rcpt, reply) in self.rcpts.iter().zip(&self.replies) {
+    /// Sends the sender a notification naming `refused` on the same upstream session (the
+    /// message itself is done); false when there is nothing to send.
+    fn start_dsn(&mut self, refused: &[usize], client: &mut Client) -> bool {
+        let Some(source) = &self.dsn else {
+            return false;
+        };
+        if refused.is_empty() || self.mail_from == "<>" || self.mail_from.is_empty() {
+            return false;
+        }
+        let failed: Vec<super::dsn::Failed<'_>> = refused
+            .iter()
+            .filter_map(|&i| {
+                Some(super::dsn::Failed {
+                    rcpt: self.rcpts.get(i)?,
+                    reply: self.replies.get(i)?.as_ref()?,
+                })
+            })
+            .collect();
+        let report = super::dsn::report(
+            &source.hostname,
+            &source.next_hop,
+            &self.mail_from,
+            &failed,
+            &source.headers,
+            std::time::SystemTime::now(),
+        );
+        let names = failed.iter().map(|f| f.rcpt.to_string()).collect();
+        client.mail("", MailParams::for_message(&report, false));
+        client.rcpt(self.mail_from.clone());
+        self.data = Some(report);
+        self.sending_dsn = Some(names);
+        true
+    }
+
+    /// The notification's own transaction.
+    fn handle_dsn(&mut self, event: Event, client: &mut Client) {
+        let names = self
+            .sending_dsn
+            .as_ref()
+            .map_or(String::new(), |n| n.join(", "));
+        let failed = |what: &str, reply: &Reply| {
+            log::error!(
+                "delivery status notification to <{}> for {names} not sent: {what} {} {}",
+                self.mail_from,
+                reply.code,
+                reply.text()
+            );
+        };
+        match event {
+            Event::Mail(reply) | Event::Rcpt(_, reply) | Event::DataRefused(reply)
+                if reply.code / 100 != 2 && reply.code != 354 =>
+            {
+                failed("the upstream said", &reply);
+                client.quit();
+            }
+            Event::Rcpt(_, _) => {
+                if let Some(report) = self.data.take() {
+                    client.data(report);
+                }
+            }
+            Event::Data(reply) if reply.code / 100 == 2 => {
+                log::info!(
+                    "delivery status notification sent to <{}> for {names}",
+                    self.mail_from
+                );
+                self.sending_dsn = Some(Vec::new());
+                client.quit();
+            }
+            Event::Data(reply) => {
+                failed("the upstream said", &reply);
+                client.quit();
+            }
+            Event::Failed(reply) => failed("the upstream session failed:", &reply),
+            _ => {}
+        }
+    }
+
+    /// Logs and reports each recipient refused permanently; returns their indexes.
+    fn report_refusals(&mut self) -> Vec<usize> {
+        let mut refused = Vec::new();
+        for (i, (rcpt, reply)) in self.rcpts.iter().zip(&self.replies).enumerate() {
             let Some(reply) = reply.as_ref().filter(|r| r.code / 100 == 5) else {
                 continue;
             };
@@ -574,6 +687,8 @@ impl AfterData {
                     reply: reply.clone(),
                 });
             }
+            refused.push(i);
         }
+        refused
     }
 }
