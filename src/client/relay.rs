@@ -76,6 +76,8 @@ pub struct RelayHandler {
     connect_timer: Option<TimerId>,
     /// Why the connection failed, for the terminal event.
     failure: Option<String>,
+    /// The connection was never established (`failure` says why).
+    connect_failed: bool,
     /// The terminal event (Failed or Closed) was delivered.
     done: bool,
     /// The peer, for log lines.
@@ -118,6 +120,7 @@ impl ChatDispatcher<Socket, RelayHandler> {
             timer: None,
             connect_timer: None,
             failure: None,
+            connect_failed: false,
             done: false,
             upstream: upstream.to_string(),
         };
@@ -163,6 +166,18 @@ impl RelayHandler {
         loop {
             let mut out = Vec::new();
             if self.client.poll_transmit(&mut out) {
+                if log::log_enabled!(log::Level::Debug) {
+                    // The dialogue, not the body: a body is one large piece.
+                    if out.len() <= BODY_PIECE {
+                        log::debug!(
+                            "relay {} sends: {}",
+                            self.upstream,
+                            String::from_utf8_lossy(&out).trim_end()
+                        );
+                    } else {
+                        log::debug!("relay {} sends {} bytes of data", self.upstream, out.len());
+                    }
+                }
                 if out.len() > BODY_PIECE {
                     // A message body: handed to the socket a piece at a time as it drains, so
                     // a body of any accepted size fits under the output cap (which bounds what
@@ -223,6 +238,13 @@ impl ChatHandler for RelayHandler {
             return self.fail(chat, ctx, "reply line too long");
         }
         let line = std::mem::take(&mut self.line);
+        if log::log_enabled!(log::Level::Debug) {
+            log::debug!(
+                "relay {} reply: {}",
+                self.upstream,
+                String::from_utf8_lossy(&line)
+            );
+        }
         self.client.handle_line(&line);
         self.line = line;
         self.line.clear();
@@ -248,14 +270,17 @@ impl ChatHandler for RelayHandler {
     fn on_connect_failed(&mut self, _ctx: &mut Ctx<'_>, error: &io::Error) {
         log::warn!("relay to {}: connect failed: {error}", self.upstream);
         // Reported by `on_close`, which runs next and has the channel at hand.
-        self.failure = Some(format!("cannot connect: {error}"));
+        self.failure = Some(error.to_string());
+        self.connect_failed = true;
     }
 
     fn on_timer(&mut self, chat: &mut ChatCtl, ctx: &mut Ctx<'_>, timer: TimerId) {
         if self.connect_timer == Some(timer) {
             self.connect_timer = None;
             log::warn!("relay to {}: connect timed out", self.upstream);
-            self.fail(chat, ctx, "connect timed out");
+            self.client.handle_connect_failed("timed out");
+            self.pump(chat, ctx);
+            chat.close_when_done();
             ctx.close();
         } else if self.timer == Some(timer) {
             self.timer = None;
@@ -290,8 +315,12 @@ impl ChatHandler for RelayHandler {
         }
         if !self.done {
             let why = self.failure.take();
-            self.client
-                .handle_closed(why.as_deref().unwrap_or("connection error"));
+            let why = why.as_deref().unwrap_or("connection error");
+            if self.connect_failed {
+                self.client.handle_connect_failed(why);
+            } else {
+                self.client.handle_closed(why);
+            }
             self.pump(chat, ctx);
         }
     }

@@ -265,6 +265,17 @@ impl Client {
         )));
     }
 
+    /// The connection could not be established: a `4xx` that says so (not "connection lost",
+    /// which would send whoever reads it looking for a crash).
+    pub fn handle_connect_failed(&mut self, why: &str) {
+        if self.failed {
+            return;
+        }
+        self.fail(temporary(format!(
+            "Requested action aborted: cannot connect to the upstream ({why})"
+        )));
+    }
+
     /// A timer ran out while waiting for a reply.
     pub fn handle_timeout(&mut self) {
         let what = match self.expect {
