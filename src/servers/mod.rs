@@ -1,6 +1,8 @@
 //! Built-in servers, written only against the public [`SmtpServer`](crate::server::SmtpServer)
 //! API, as a user would write their own.
+pub mod capture;
 pub mod debugging;
+pub mod faults;
 mod headers;
 pub mod mailman;
 mod pure_proxy;
