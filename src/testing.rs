@@ -424,7 +424,8 @@ fn with_params(line: String, params: &[crate::server::Param]) -> String {
 
 impl SmtpSession for RecordingSession {
     fn process_message(&mut self, message: &Message, cx: &mut ServerCtx<'_, '_>) -> Outcome {
-        self.seen.update(|state| state.messages.push(message.clone()));
+        self.seen
+            .update(|state| state.messages.push(message.clone()));
         let outcome = self.inner.process_message(message, cx);
         let request = format!("(message of {} bytes)", message.data.len());
         self.logged(request, "250 OK", outcome)
@@ -461,7 +462,8 @@ impl SmtpSession for RecordingSession {
 
     fn on_reset(&mut self, cx: &mut ServerCtx<'_, '_>) {
         self.inner.on_reset(cx);
-        self.seen.log(self.connection, "C: (transaction reset)".into());
+        self.seen
+            .log(self.connection, "C: (transaction reset)".into());
     }
 
     fn on_disconnect(&mut self, cx: &mut ServerCtx<'_, '_>) {
@@ -552,7 +554,11 @@ impl TestServer {
 
     /// Every message received so far and not yet taken, without waiting.
     pub fn take_messages(&self) -> Vec<Message> {
-        let mut state = self.captured.state.lock().unwrap_or_else(|e| e.into_inner());
+        let mut state = self
+            .captured
+            .state
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
         let taken = state.messages[state.taken..].to_vec();
         state.taken = state.messages.len();
         taken
@@ -560,7 +566,11 @@ impl TestServer {
 
     /// Every message received so far (taken or not), in arrival order.
     pub fn messages(&self) -> Vec<Message> {
-        let state = self.captured.state.lock().unwrap_or_else(|e| e.into_inner());
+        let state = self
+            .captured
+            .state
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
         state.messages.clone()
     }
 
@@ -592,7 +602,10 @@ impl TestServer {
     ) -> Option<Message> {
         let mut seen = 0;
         self.captured.wait(timeout, |state| {
-            let found = state.messages[seen..].iter().find(|m| predicate(m)).cloned();
+            let found = state.messages[seen..]
+                .iter()
+                .find(|m| predicate(m))
+                .cloned();
             seen = state.messages.len();
             found
         })
@@ -609,7 +622,11 @@ impl TestServer {
     /// The server's side of every connection so far, in the order they opened (see
     /// [`Transcript`]).
     pub fn transcripts(&self) -> Vec<Transcript> {
-        let state = self.captured.state.lock().unwrap_or_else(|e| e.into_inner());
+        let state = self
+            .captured
+            .state
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
         state.connections.clone()
     }
 

@@ -68,7 +68,10 @@ fn send(port: u16, messages: &[(&str, &[&str], &[u8])]) -> Vec<String> {
             format!("({from:?}, [{}], {})", to.join(", "), py_bytes(body))
         })
         .collect();
-    let out = python_ok(SEND, &[&port.to_string(), &format!("[{}]", list.join(", "))]);
+    let out = python_ok(
+        SEND,
+        &[&port.to_string(), &format!("[{}]", list.join(", "))],
+    );
     out.lines().map(str::to_string).collect()
 }
 
@@ -87,11 +90,17 @@ fn mbox_messages(mbox: &[u8]) -> Vec<(String, Vec<u8>)> {
     let mut rest = mbox;
     let mut at_entry_start = true;
     while !rest.is_empty() {
-        let end = rest.iter().position(|&b| b == b'\n').map_or(rest.len(), |i| i + 1);
+        let end = rest
+            .iter()
+            .position(|&b| b == b'\n')
+            .map_or(rest.len(), |i| i + 1);
         let line = &rest[..end];
         rest = &rest[end..];
         if at_entry_start && line.starts_with(b"From ") {
-            out.push((String::from_utf8_lossy(line).trim_end().to_string(), Vec::new()));
+            out.push((
+                String::from_utf8_lossy(line).trim_end().to_string(),
+                Vec::new(),
+            ));
             at_entry_start = false;
             continue;
         }
@@ -138,7 +147,10 @@ fn maildir_mbox_and_jsonl_store_byte_exact() {
         &dir.arg("log.jsonl"),
     ]);
     let body = tricky_body(1);
-    assert_eq!(send(port, &[("alice@example.com", &["bob@example.com"], &body)]), ["ok"]);
+    assert_eq!(
+        send(port, &[("alice@example.com", &["bob@example.com"], &body)]),
+        ["ok"]
+    );
 
     let maildir = dir.path("Maildir");
     for sub in ["tmp", "new", "cur"] {
@@ -146,7 +158,11 @@ fn maildir_mbox_and_jsonl_store_byte_exact() {
     }
     let files = maildir_files(&maildir);
     assert_eq!(files.len(), 1);
-    assert_eq!(fs::read(&files[0]).unwrap(), body, "Maildir file is byte-exact");
+    assert_eq!(
+        fs::read(&files[0]).unwrap(),
+        body,
+        "Maildir file is byte-exact"
+    );
     assert_eq!(fs::read_dir(maildir.join("tmp")).unwrap().count(), 0);
     let name = files[0].file_name().unwrap().to_str().unwrap().to_string();
     let pid = proc.pid();
@@ -158,7 +174,11 @@ fn maildir_mbox_and_jsonl_store_byte_exact() {
     );
 
     let mbox = fs::read(dir.path("mbox")).unwrap();
-    assert!(mbox.starts_with(b"From alice@example.com "), "{:?}", String::from_utf8_lossy(&mbox));
+    assert!(
+        mbox.starts_with(b"From alice@example.com "),
+        "{:?}",
+        String::from_utf8_lossy(&mbox)
+    );
     assert!(memchr::memmem::find(&mbox, b"\r\n>From the start").is_some());
     assert!(memchr::memmem::find(&mbox, b"\r\n>>From quoted once").is_some());
     assert!(memchr::memmem::find(&mbox, b"\r\n>>>From quoted twice").is_some());
@@ -190,7 +210,11 @@ print(r['time'][:2], r['time'][-1])
         )
     );
     // --print defaults to CPython's block, unchanged (with its X-Peer line).
-    assert!(proc.wait_stdout_count("------------ END MESSAGE ------------", 1, Duration::from_secs(5)));
+    assert!(proc.wait_stdout_count(
+        "------------ END MESSAGE ------------",
+        1,
+        Duration::from_secs(5)
+    ));
     assert!(proc.stdout().contains("X-Peer: 127.0.0.1\n"));
 }
 
@@ -287,7 +311,10 @@ fn a_store_that_cannot_be_written_answers_451_and_loses_nothing() {
     // The client retries once the disk is fixed: the message arrives, once.
     fs::remove_file(maildir.join("tmp")).unwrap();
     fs::create_dir(maildir.join("tmp")).unwrap();
-    assert_eq!(send(port, &[("alice@example.com", &["bob@example.com"], &body)]), ["ok"]);
+    assert_eq!(
+        send(port, &[("alice@example.com", &["bob@example.com"], &body)]),
+        ["ok"]
+    );
     let files = maildir_files(&maildir);
     assert_eq!(files.len(), 1);
     assert_eq!(fs::read(&files[0]).unwrap(), body);
@@ -296,17 +323,18 @@ fn a_store_that_cannot_be_written_answers_451_and_loses_nothing() {
 #[test]
 fn an_mbox_that_cannot_be_written_answers_451() {
     let dir = Scratch::new("mboxfail");
-    let (_proc, port) = start_smtpd(&[
-        "-n",
-        "-c",
-        "DebuggingServer",
-        "--mbox",
-        &dir.arg("mbox"),
-    ]);
+    let (_proc, port) = start_smtpd(&["-n", "-c", "DebuggingServer", "--mbox", &dir.arg("mbox")]);
     // The file goes away and a directory takes its name: it cannot be opened for writing.
     fs::remove_file(dir.path("mbox")).unwrap();
     fs::create_dir(dir.path("mbox")).unwrap();
-    let got = send(port, &[("a@example.com", &["b@example.com"], b"Subject: x\r\n\r\ny\r\n")]);
+    let got = send(
+        port,
+        &[(
+            "a@example.com",
+            &["b@example.com"],
+            b"Subject: x\r\n\r\ny\r\n",
+        )],
+    );
     assert_eq!(
         got,
         ["451 4.3.0 Requested action aborted: cannot store the message"]
@@ -334,7 +362,10 @@ fn keep_removes_the_oldest() {
         .map(|n| format!("Subject: keep {n}\r\n\r\nbody {n}\r\n").into_bytes())
         .collect();
     for body in &bodies {
-        assert_eq!(send(port, &[("a@example.com", &["b@example.com"], body)]), ["ok"]);
+        assert_eq!(
+            send(port, &[("a@example.com", &["b@example.com"], body)]),
+            ["ok"]
+        );
     }
     let files = maildir_files(&maildir);
     let kept: Vec<Vec<u8>> = files.iter().map(|f| fs::read(f).unwrap()).collect();
@@ -342,7 +373,14 @@ fn keep_removes_the_oldest() {
     let log = fs::read_to_string(dir.path("log.jsonl")).unwrap();
     let subjects: Vec<&str> = log
         .lines()
-        .map(|l| l.split("\"subject\":\"").nth(1).unwrap().split('"').next().unwrap())
+        .map(|l| {
+            l.split("\"subject\":\"")
+                .nth(1)
+                .unwrap()
+                .split('"')
+                .next()
+                .unwrap()
+        })
         .collect();
     assert_eq!(subjects, ["keep 3", "keep 4", "keep 5"]);
 }
@@ -351,7 +389,13 @@ fn keep_removes_the_oldest() {
 fn jsonl_to_stdout_replaces_the_printed_block() {
     let (proc, port) = start_smtpd(&["-n", "-c", "DebuggingServer", "--jsonl", "-"]);
     let body = b"Subject: =?utf-8?q?caf=C3=A9?= \"quoted\"\r\nTo: b@example.com\r\n\r\nhi\r\n";
-    assert_eq!(send(port, &[("a@example.com", &["b@example.com", "c@example.com"], body)]), ["ok"]);
+    assert_eq!(
+        send(
+            port,
+            &[("a@example.com", &["b@example.com", "c@example.com"], body)]
+        ),
+        ["ok"]
+    );
     assert!(proc.wait_stdout_count("\n", 1, Duration::from_secs(5)));
     let stdout = proc.stdout();
     assert!(!stdout.contains("MESSAGE FOLLOWS"), "{stdout}");
@@ -374,8 +418,14 @@ print(r['headers']['subject'], [x['address'] for x in r['recipients']], r['store
 fn print_raw_writes_the_message_as_stored() {
     let (proc, port) = start_smtpd(&["-n", "-c", "DebuggingServer", "--print", "raw"]);
     let body = tricky_body(3);
-    assert_eq!(send(port, &[("a@example.com", &["b@example.com"], &body)]), ["ok"]);
-    assert!(wait_until(Duration::from_secs(5), || proc.stdout_bytes().len() >= body.len()));
+    assert_eq!(
+        send(port, &[("a@example.com", &["b@example.com"], &body)]),
+        ["ok"]
+    );
+    assert!(wait_until(Duration::from_secs(5), || proc
+        .stdout_bytes()
+        .len()
+        >= body.len()));
     assert_eq!(proc.stdout_bytes(), body);
 }
 
@@ -384,11 +434,22 @@ fn capture_options_need_the_debugging_server() {
     let out = support::run(
         {
             let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_smtpd"));
-            cmd.args(["-n", "-c", "Sink", "--maildir", "/nonexistent/x", "127.0.0.1:0"]);
+            cmd.args([
+                "-n",
+                "-c",
+                "Sink",
+                "--maildir",
+                "/nonexistent/x",
+                "127.0.0.1:0",
+            ]);
             cmd
         },
         Duration::from_secs(10),
     );
     assert!(!out.status.success());
-    assert!(out.stderr.contains("are DebuggingServer options"), "{}", out.stderr);
+    assert!(
+        out.stderr.contains("are DebuggingServer options"),
+        "{}",
+        out.stderr
+    );
 }

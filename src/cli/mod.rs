@@ -21,10 +21,10 @@ use std::time::Duration;
 
 use crate::reactor::Reactor;
 use crate::server::{Backend, Listener, ServerOptions, Shutdown};
-use crate::servers::mailman::{LmtpAddr, Mailman2, MailmanVersion};
 use crate::servers::capture::{JsonLines, Maildir, Mbox};
 use crate::servers::debugging::Print;
 use crate::servers::faults::Faults;
+use crate::servers::mailman::{LmtpAddr, Mailman2, MailmanVersion};
 use crate::servers::{
     DebuggingServer, MailmanOptions, MailmanProxy, ProxyOptions, PureProxy, RelayMode, Sink,
 };
@@ -67,7 +67,9 @@ impl Classes {
             entries: Vec::new(),
         };
         classes.register("DebuggingServer", |args| {
-            Ok(Rc::new(RefCell::new(debugging_server(&args.options.capture)?)))
+            Ok(Rc::new(RefCell::new(debugging_server(
+                &args.options.capture,
+            )?)))
         });
         classes.register("Sink", |_| Ok(Rc::new(RefCell::new(Sink::default()))));
         classes.register("PureProxy", |args| Ok(pure_proxy(args)?));
@@ -121,7 +123,11 @@ impl std::fmt::Debug for Classes {
 /// mbox come before the JSON lines, whose records say where they put the message.
 fn debugging_server(capture: &CaptureOptions) -> Result<DebuggingServer, ClassError> {
     let to_stdout = capture.jsonl.as_deref() == Some(std::path::Path::new("-"));
-    let default_print = if to_stdout { Print::None } else { Print::Cpython };
+    let default_print = if to_stdout {
+        Print::None
+    } else {
+        Print::Cpython
+    };
     let mut server = DebuggingServer::new().with_print(capture.print.unwrap_or(default_print));
     if let Some(dir) = &capture.maildir {
         let mut maildir = Maildir::open(dir)

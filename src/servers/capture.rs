@@ -182,7 +182,10 @@ fn remove_renamed(root: &Path, old: &Path) {
     };
     for entry in entries.flatten() {
         let file = entry.file_name();
-        if file.to_str().is_some_and(|f| f.split(':').next() == Some(name)) {
+        if file
+            .to_str()
+            .is_some_and(|f| f.split(':').next() == Some(name))
+        {
             let _ = fs::remove_file(entry.path());
         }
     }
@@ -375,7 +378,10 @@ impl JsonLines {
         file.seek(SeekFrom::End(0))?;
         self.out = Box::new(file);
         self.lines = starts.len() - drop;
-        log::info!("--keep {keep}: removed {drop} line(s) from {}", path.display());
+        log::info!(
+            "--keep {keep}: removed {drop} line(s) from {}",
+            path.display()
+        );
         Ok(())
     }
 }
@@ -499,7 +505,11 @@ pub(crate) fn json_str(j: &mut String, s: &str) {
 fn split_time(when: SystemTime) -> (i64, i64, u32) {
     let since = when.duration_since(UNIX_EPOCH).unwrap_or_default();
     let secs = since.as_secs() as i64;
-    (secs.div_euclid(86_400), secs.rem_euclid(86_400), since.subsec_micros())
+    (
+        secs.div_euclid(86_400),
+        secs.rem_euclid(86_400),
+        since.subsec_micros(),
+    )
 }
 
 /// `2026-12-01T22:20:14.123456Z`.
@@ -618,10 +628,7 @@ mod tests {
         let when = UNIX_EPOCH + Duration::from_secs(1_796_163_614);
         let got = mboxrd_entry(&m, when);
         let want = b"From a@b Tue Dec  1 22:20:14 2026\nA: b\r\n\r\n>From me\r\n>>From you\r\n>>>From x\r\nFromage\r\n From y\r\n\n";
-        assert_eq!(
-            String::from_utf8_lossy(&got),
-            String::from_utf8_lossy(want)
-        );
+        assert_eq!(String::from_utf8_lossy(&got), String::from_utf8_lossy(want));
         let null = Message::new("127.0.0.1:1".parse().unwrap(), "<>", ["c@d"], &b"x"[..]);
         assert!(mboxrd_entry(&null, when).starts_with(b"From MAILER-DAEMON Tue"));
     }

@@ -131,7 +131,9 @@ impl SmtpServer for DebuggingServer {
                 &message.rcpt_options,
                 &mut self.buf,
             ),
-            Print::Raw => self.buf.extend_from_slice(&capture::stored_bytes(&message.data)),
+            Print::Raw => self
+                .buf
+                .extend_from_slice(&capture::stored_bytes(&message.data)),
             Print::None => return Outcome::Accept,
         }
         let written = self

@@ -107,7 +107,9 @@ impl Fault {
             .split_once(':')
             .ok_or_else(|| bad("expected WHEN:WHAT"))?;
         if when.eq_ignore_ascii_case("rate") {
-            let (n, per) = what.split_once('/').ok_or_else(|| bad("expected rate:N/DURATION"))?;
+            let (n, per) = what
+                .split_once('/')
+                .ok_or_else(|| bad("expected rate:N/DURATION"))?;
             let max = n.trim().parse().map_err(|_| bad("N is not a count"))?;
             let per = parse_duration(per).ok_or_else(|| bad("bad DURATION"))?;
             if per.is_zero() {
@@ -142,7 +144,9 @@ impl Fault {
             Action::Discard
         } else if let Some(d) = what.strip_prefix("delay=") {
             if !matches!(stage, Stage::Mail | Stage::Rcpt | Stage::Data) {
-                return Err(bad("delay is for mail, rcpt and data (see --greeting-delay)"));
+                return Err(bad(
+                    "delay is for mail, rcpt and data (see --greeting-delay)",
+                ));
             }
             Action::Delay(parse_duration(d).ok_or_else(|| bad("bad DURATION"))?)
         } else {
@@ -340,7 +344,11 @@ struct FaultySession {
 }
 
 impl FaultySession {
-    fn find<'a>(&self, stage: Stage, subjects: impl Iterator<Item = &'a str> + Clone) -> Option<Fault> {
+    fn find<'a>(
+        &self,
+        stage: Stage,
+        subjects: impl Iterator<Item = &'a str> + Clone,
+    ) -> Option<Fault> {
         let found = self
             .state
             .rules
@@ -384,7 +392,10 @@ impl FaultySession {
             })
             .max();
         if let Some(longest) = longest {
-            while opened.front().is_some_and(|&t| now.duration_since(t) >= longest) {
+            while opened
+                .front()
+                .is_some_and(|&t| now.duration_since(t) >= longest)
+            {
                 opened.pop_front();
             }
             opened.push_back(now);
@@ -419,7 +430,10 @@ impl FaultySession {
                     Outcome::Accept => Reply::ok(),
                     Outcome::Reply(reply) => reply,
                     other => {
-                        log::warn!("{}: fault {fault}: the server deferred; not delayed", self.peer);
+                        log::warn!(
+                            "{}: fault {fault}: the server deferred; not delayed",
+                            self.peer
+                        );
                         return other;
                     }
                 };
