@@ -63,6 +63,12 @@
 //! call a session's hooks without any socket, see
 //! [`ServerCtx::detached`](crate::server::ServerCtx::detached).
 //!
+//! What arrived can be waited for by content ([`TestServer::wait_for`], with
+//! [`MessageExt::headers`] for header assertions) or by number ([`TestServer::wait_for_count`]);
+//! [`TestServer::transcripts`] gives the server's side of each connection, and
+//! [`TestServerBuilder::faults`] puts deterministic [`Faults`] in front of the server.
+//! `docs/testing.md` is the guide.
+//!
 //! Every wait is bounded: each server stops by itself after [its
 //! lifetime](TestServerBuilder::lifetime) (60 s by default), the client's reads time out (5 s by
 //! default), and dropping the [`TestServer`] stops its thread and joins it.

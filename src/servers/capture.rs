@@ -634,6 +634,42 @@ mod tests {
     }
 
     #[test]
+    fn maildir_keep_removes_the_oldest_also_when_moved_to_cur() {
+        let dir = std::env::temp_dir().join(format!("smtpd-maildir-keep-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        let mut maildir = Maildir::open(&dir).unwrap().keep(2).unwrap();
+        let first = maildir.store(&msg(b"1"), &[]).unwrap().unwrap();
+        // A reader marks the first one seen: new/NAME becomes cur/NAME:2,S.
+        let name = Path::new(&first)
+            .file_name()
+            .unwrap()
+            .to_str()
+            .unwrap()
+            .to_string();
+        fs::rename(&first, dir.join("cur").join(format!("{name}:2,S"))).unwrap();
+        maildir.store(&msg(b"2"), &[]).unwrap();
+        maildir.store(&msg(b"3"), &[]).unwrap();
+        let mut left: Vec<Vec<u8>> = ["new", "cur"]
+            .iter()
+            .flat_map(|sub| fs::read_dir(dir.join(sub)).unwrap())
+            .map(|e| fs::read(e.unwrap().path()).unwrap())
+            .collect();
+        left.sort();
+        assert_eq!(left, [b"2\r\n".to_vec(), b"3\r\n".to_vec()]);
+        // Reopened, it counts what is already there.
+        let mut again = Maildir::open(&dir).unwrap().keep(1).unwrap();
+        assert_eq!(fs::read_dir(dir.join("new")).unwrap().count(), 1);
+        again.store(&msg(b"4"), &[]).unwrap();
+        let only: Vec<_> = fs::read_dir(dir.join("new")).unwrap().collect();
+        assert_eq!(only.len(), 1);
+        assert_eq!(
+            fs::read(only[0].as_ref().unwrap().path()).unwrap(),
+            b"4\r\n"
+        );
+        let _ = fs::remove_dir_all(&dir);
+    }
+
+    #[test]
     fn stored_bytes_line_ends() {
         assert_eq!(stored_bytes(b""), b"");
         assert_eq!(stored_bytes(b"a\r\nb"), b"a\r\nb\r\n");
