@@ -63,6 +63,12 @@
 //! call a session's hooks without any socket, see
 //! [`ServerCtx::detached`](crate::server::ServerCtx::detached).
 //!
+//! What arrived can be waited for by content ([`TestServer::wait_for`], with
+//! [`MessageExt::headers`] for header assertions) or by number ([`TestServer::wait_for_count`]);
+//! [`TestServer::transcripts`] gives the server's side of each connection, and
+//! [`TestServerBuilder::faults`] puts deterministic [`Faults`] in front of the server.
+//! `docs/testing.md` is the guide.
+//!
 //! Every wait is bounded: each server stops by itself after [its
 //! lifetime](TestServerBuilder::lifetime) (60 s by default), the client's reads time out (5 s by
 //! default), and dropping the [`TestServer`] stops its thread and joins it.
@@ -72,7 +78,7 @@ use std::fmt::Write as _;
 use std::io::{self, BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::rc::Rc;
-use std::sync::mpsc;
+use std::sync::{mpsc, Arc, Condvar, Mutex};
 use std::thread;
 use std::time::Duration;
 
@@ -84,6 +90,21 @@ use crate::server::{
     Outcome, Peer, Reply, ServerCtx, ServerOptions, Shutdown, SmtpServer, SmtpSession,
     TicketAnswer,
 };
+pub use crate::servers::capture::Headers;
+pub use crate::servers::faults::Faults;
+
+/// [`Headers`] of a captured message, for assertions: `message.headers().get("subject")`
+/// (unfolded, names ignoring ASCII case).
+pub trait MessageExt {
+    /// The message's header section, parsed.
+    fn headers(&self) -> Headers;
+}
+
+impl MessageExt for Message {
+    fn headers(&self) -> Headers {
+        Headers::parse(&self.data)
+    }
+}
 
 /// The host name test servers greet with unless [options](TestServerBuilder::options) say
 /// otherwise (no DNS lookup of the machine's name).
@@ -97,6 +118,7 @@ pub struct TestServerBuilder {
     lifetime: Duration,
     addr: SocketAddr,
     factory: Factory,
+    faults: Faults,
 }
 
 impl std::fmt::Debug for TestServerBuilder {
@@ -105,6 +127,7 @@ impl std::fmt::Debug for TestServerBuilder {
             .field("options", &self.options)
             .field("lifetime", &self.lifetime)
             .field("addr", &self.addr)
+            .field("faults", &self.faults)
             .finish()
     }
 }
@@ -161,6 +184,27 @@ impl TestServerBuilder {
         self
     }
 
+    /// Faults in front of the server ([`Faults::wrap`]): what they refuse, drop or discard
+    /// never reaches the server, so it is not captured either.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use smtpd::servers::faults::Faults;
+    /// use smtpd::testing::{Client, TestServer};
+    ///
+    /// let faults = Faults::parse(["rcpt=bad@*:550 5.1.1 No such user"]).unwrap();
+    /// let server = TestServer::builder().faults(faults).start()?;
+    /// let mut client = Client::connect(server.addr())?;
+    /// client.ehlo("me")?;
+    /// client.command("MAIL FROM:<a@x.org>")?;
+    /// assert_eq!(client.command("RCPT TO:<bad@x.org>")?.to_string(), "550 5.1.1 No such user");
+    /// # Ok::<(), std::io::Error>(())
+    /// ```
+    pub fn faults(mut self, faults: Faults) -> Self {
+        self.faults = faults;
+        self
+    }
+
     /// Starts the reactor thread and returns once the server listens.
     ///
     /// # Errors
@@ -172,8 +216,10 @@ impl TestServerBuilder {
             lifetime,
             addr,
             factory,
+            faults,
         } = self;
-        let (message_tx, messages) = mpsc::channel();
+        let captured = Arc::new(Captured::default());
+        let message_tx = captured.clone();
         let (ready_tx, ready_rx) = mpsc::channel();
         let thread = thread::Builder::new()
             .name(format!("smtpd-test-server-{addr}"))
@@ -184,6 +230,12 @@ impl TestServerBuilder {
                     let server = Recording {
                         inner: factory(),
                         seen: message_tx,
+                        next_connection: 0,
+                    };
+                    let server: Box<dyn Backend> = if faults.is_empty() {
+                        Box::new(server)
+                    } else {
+                        Box::new(faults.wrap(server))
                     };
                     let listener = Listener::bind(&mut reactor, addr, server, options)?;
                     reactor.add(Watchdog(lifetime))?;
@@ -213,7 +265,7 @@ impl TestServerBuilder {
                 listener: ready.listener,
                 stop: ready.stop,
                 remote: ready.remote,
-                messages,
+                captured,
                 thread: Some(thread),
             }),
             Ok(Err(e)) => {
@@ -237,17 +289,107 @@ struct Ready {
     remote: RemoteHandle,
 }
 
+/// What the server thread hands to the test thread: the messages and the connections' logs.
+#[derive(Default)]
+struct Captured {
+    state: Mutex<CapturedState>,
+    changed: Condvar,
+}
+
+#[derive(Default)]
+struct CapturedState {
+    messages: Vec<Message>,
+    /// How many of `messages` `wait_for_message` / `take_messages` handed out.
+    taken: usize,
+    connections: Vec<Transcript>,
+}
+
+impl Captured {
+    fn update(&self, change: impl FnOnce(&mut CapturedState)) {
+        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        change(&mut state);
+        drop(state);
+        self.changed.notify_all();
+    }
+
+    fn log(&self, connection: usize, line: String) {
+        self.update(|state| {
+            if let Some(t) = state.connections.get_mut(connection) {
+                t.lines.push(line);
+            }
+        });
+    }
+
+    /// Waits until `ready` returns something, at most `timeout`.
+    fn wait<T>(
+        &self,
+        timeout: Duration,
+        mut ready: impl FnMut(&mut CapturedState) -> Option<T>,
+    ) -> Option<T> {
+        let deadline = std::time::Instant::now() + timeout;
+        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        loop {
+            if let Some(found) = ready(&mut state) {
+                return Some(found);
+            }
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            if left.is_zero() {
+                return None;
+            }
+            state = self
+                .changed
+                .wait_timeout(state, left)
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
+        }
+    }
+}
+
+/// The server's side of one connection, as its hooks saw it: a line per hook call (`C:` the
+/// request, `S:` the hook's decision). A decision left to the built-in handling shows as
+/// `S: (built-in)` for HELO/EHLO and commands, `S: 250 OK` for MAIL, RCPT and the data;
+/// replies the hooks never see (syntax errors, limits) are not in it. The client's own view,
+/// with every line, is [`Client::transcript`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Transcript {
+    /// The client's address.
+    pub peer: SocketAddr,
+    /// The lines, in order: `C: MAIL FROM:<a@x.org> SIZE=10`, `S: 250 OK`, ..., `C: (closed)`.
+    pub lines: Vec<String>,
+    /// Whether the connection has closed.
+    pub closed: bool,
+}
+
+impl Transcript {
+    /// The lines joined, each followed by `\n`.
+    pub fn text(&self) -> String {
+        self.lines.iter().map(|l| format!("{l}\n")).collect()
+    }
+}
+
 /// Wraps each session the real backend opens in a [`RecordingSession`].
 struct Recording {
     inner: Box<dyn Backend>,
-    seen: mpsc::Sender<Message>,
+    seen: Arc<Captured>,
+    next_connection: usize,
 }
 
 impl Backend for Recording {
     fn open_session(&mut self, peer: &Peer) -> Box<dyn SmtpSession> {
+        let connection = self.next_connection;
+        self.next_connection += 1;
+        self.seen.update(|state| {
+            state.connections.push(Transcript {
+                peer: peer.addr,
+                lines: Vec::new(),
+                closed: false,
+            });
+        });
         Box::new(RecordingSession {
             inner: self.inner.open_session(peer),
             seen: self.seen.clone(),
+            connection,
         })
     }
 
@@ -260,44 +402,85 @@ impl Backend for Recording {
     }
 }
 
-/// Hands a copy of every message to the test thread, then lets the real session decide.
+/// Hands a copy of every message to the test thread, then lets the real session decide; logs
+/// every hook call in the connection's [`Transcript`].
 struct RecordingSession {
     inner: Box<dyn SmtpSession>,
-    seen: mpsc::Sender<Message>,
+    seen: Arc<Captured>,
+    connection: usize,
+}
+
+impl RecordingSession {
+    /// Logs `request` and the decision, and returns the decision.
+    fn logged(&self, request: String, default: &str, outcome: Outcome) -> Outcome {
+        let answer = match &outcome {
+            Outcome::Accept => default.to_string(),
+            Outcome::Reply(reply) => reply.to_string(),
+            _ => "(deferred)".to_string(),
+        };
+        self.seen.log(self.connection, format!("C: {request}"));
+        self.seen.log(self.connection, format!("S: {answer}"));
+        outcome
+    }
+}
+
+fn with_params(line: String, params: &[crate::server::Param]) -> String {
+    params.iter().fold(line, |line, p| format!("{line} {p}"))
 }
 
 impl SmtpSession for RecordingSession {
     fn process_message(&mut self, message: &Message, cx: &mut ServerCtx<'_, '_>) -> Outcome {
-        let _ = self.seen.send(message.clone());
-        self.inner.process_message(message, cx)
+        self.seen
+            .update(|state| state.messages.push(message.clone()));
+        let outcome = self.inner.process_message(message, cx);
+        let request = format!("(message of {} bytes)", message.data.len());
+        self.logged(request, "250 OK", outcome)
     }
 
     fn on_connect(&mut self, peer: &Peer, cx: &mut ServerCtx<'_, '_>) -> Outcome {
-        self.inner.on_connect(peer, cx)
+        let outcome = self.inner.on_connect(peer, cx);
+        self.logged("(connected)".into(), "(greeting)", outcome)
     }
 
     fn on_helo(&mut self, request: &HeloRequest<'_>, cx: &mut ServerCtx<'_, '_>) -> Outcome {
-        self.inner.on_helo(request, cx)
+        let outcome = self.inner.on_helo(request, cx);
+        let verb = if request.extended { "EHLO" } else { "HELO" };
+        self.logged(format!("{verb} {}", request.name), "(built-in)", outcome)
     }
 
     fn on_mail(&mut self, request: &AddressRequest<'_>, cx: &mut ServerCtx<'_, '_>) -> Outcome {
-        self.inner.on_mail(request, cx)
+        let outcome = self.inner.on_mail(request, cx);
+        let line = with_params(format!("MAIL FROM:<{}>", request.address), request.params);
+        self.logged(line, "250 OK", outcome)
     }
 
     fn on_rcpt(&mut self, request: &AddressRequest<'_>, cx: &mut ServerCtx<'_, '_>) -> Outcome {
-        self.inner.on_rcpt(request, cx)
+        let outcome = self.inner.on_rcpt(request, cx);
+        let line = with_params(format!("RCPT TO:<{}>", request.address), request.params);
+        self.logged(line, "250 OK", outcome)
     }
 
     fn on_command(&mut self, request: &CommandRequest<'_>, cx: &mut ServerCtx<'_, '_>) -> Outcome {
-        self.inner.on_command(request, cx)
+        let outcome = self.inner.on_command(request, cx);
+        let line = format!("{} {}", request.verb, request.arg);
+        self.logged(line.trim_end().to_string(), "(built-in)", outcome)
     }
 
     fn on_reset(&mut self, cx: &mut ServerCtx<'_, '_>) {
         self.inner.on_reset(cx);
+        self.seen
+            .log(self.connection, "C: (transaction reset)".into());
     }
 
     fn on_disconnect(&mut self, cx: &mut ServerCtx<'_, '_>) {
         self.inner.on_disconnect(cx);
+        let connection = self.connection;
+        self.seen.update(|state| {
+            if let Some(t) = state.connections.get_mut(connection) {
+                t.lines.push("C: (closed)".into());
+                t.closed = true;
+            }
+        });
     }
 }
 
@@ -327,8 +510,14 @@ pub struct TestServer {
     listener: Handle,
     stop: StopHandle,
     remote: RemoteHandle,
-    messages: mpsc::Receiver<Message>,
+    captured: Arc<Captured>,
     thread: Option<thread::JoinHandle<()>>,
+}
+
+impl std::fmt::Debug for Captured {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Captured").finish_non_exhaustive()
+    }
 }
 
 impl TestServer {
@@ -350,6 +539,7 @@ impl TestServer {
             lifetime: Duration::from_secs(60),
             addr: SocketAddr::from(([127, 0, 0, 1], 0)),
             factory: Box::new(|| Box::new(Rc::new(RefCell::new(AcceptAll)))),
+            faults: Faults::new(),
         }
     }
 
@@ -361,12 +551,98 @@ impl TestServer {
     /// The next message handed to `process_message` (in arrival order, each once), waiting at
     /// most `timeout`. `None` if none arrived in time.
     pub fn wait_for_message(&self, timeout: Duration) -> Option<Message> {
-        self.messages.recv_timeout(timeout).ok()
+        self.captured.wait(timeout, |state| {
+            let next = state.messages.get(state.taken).cloned()?;
+            state.taken += 1;
+            Some(next)
+        })
     }
 
     /// Every message received so far and not yet taken, without waiting.
     pub fn take_messages(&self) -> Vec<Message> {
-        self.messages.try_iter().collect()
+        let mut state = self
+            .captured
+            .state
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        let taken = state.messages[state.taken..].to_vec();
+        state.taken = state.messages.len();
+        taken
+    }
+
+    /// Every message received so far (taken or not), in arrival order.
+    pub fn messages(&self) -> Vec<Message> {
+        let state = self
+            .captured
+            .state
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        state.messages.clone()
+    }
+
+    /// The first message, among all received so far and those that arrive within `timeout`,
+    /// for which `predicate` holds; `None` if none did in time. Blocks the calling thread (not
+    /// the server). Looks at every message, whether or not [`wait_for_message`]
+    /// (Self::wait_for_message) or [`take_messages`](Self::take_messages) handed it out.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use smtpd::testing::{Client, MessageExt, TestServer};
+    ///
+    /// let server = TestServer::start()?;
+    /// let mut client = Client::connect(server.addr())?;
+    /// client.ehlo("me")?;
+    /// client.send_mail("a@x.org", &["b@x.org"], b"Subject: one\r\n\r\n1")?;
+    /// client.send_mail("a@x.org", &["b@x.org"], b"Subject: two\r\n\r\n2")?;
+    /// let two = server
+    ///     .wait_for(|m| m.headers().get("subject") == Some("two"), Duration::from_secs(5))
+    ///     .expect("message two");
+    /// assert_eq!(two.data, b"Subject: two\r\n\r\n2");
+    /// assert!(server.wait_for(|m| m.rcpt_tos.is_empty(), Duration::from_millis(50)).is_none());
+    /// # Ok::<(), std::io::Error>(())
+    /// ```
+    pub fn wait_for(
+        &self,
+        mut predicate: impl FnMut(&Message) -> bool,
+        timeout: Duration,
+    ) -> Option<Message> {
+        let mut seen = 0;
+        self.captured.wait(timeout, |state| {
+            let found = state.messages[seen..]
+                .iter()
+                .find(|m| predicate(m))
+                .cloned();
+            seen = state.messages.len();
+            found
+        })
+    }
+
+    /// Every message received so far, once there are at least `n`, waiting at most `timeout`;
+    /// `None` if fewer arrived in time (see [`messages`](Self::messages) for those).
+    pub fn wait_for_count(&self, n: usize, timeout: Duration) -> Option<Vec<Message>> {
+        self.captured.wait(timeout, |state| {
+            (state.messages.len() >= n).then(|| state.messages.clone())
+        })
+    }
+
+    /// The server's side of every connection so far, in the order they opened (see
+    /// [`Transcript`]).
+    pub fn transcripts(&self) -> Vec<Transcript> {
+        let state = self
+            .captured
+            .state
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        state.connections.clone()
+    }
+
+    /// Waits until `n` connections have closed (at most `timeout`), then returns every
+    /// transcript; `None` on time-out.
+    pub fn wait_for_closed(&self, n: usize, timeout: Duration) -> Option<Vec<Transcript>> {
+        self.captured.wait(timeout, |state| {
+            let closed = state.connections.iter().filter(|t| t.closed).count();
+            (closed >= n).then(|| state.connections.clone())
+        })
     }
 
     /// Graceful shutdown of the listener (see [`Shutdown`]): stops accepting, lets transactions

@@ -18,6 +18,8 @@ use std::path::PathBuf;
 
 use ipnet::IpNet;
 
+use crate::servers::debugging::Print;
+use crate::servers::faults::Fault;
 use crate::servers::mailman::Suffixes;
 use crate::servers::RelayMode;
 
@@ -65,6 +67,38 @@ pub struct Options {
     /// The `--limit-*`, `--greeting-delay` and `--backlog` options; `None` keeps the
     /// library default (see `docs/limits.md`).
     pub limits: Limits,
+    /// DebuggingServer's capture options (`--maildir`, `--mbox`, `--jsonl`, `--print`,
+    /// `--keep`) and the faults (`--fault`, any class).
+    pub capture: CaptureOptions,
+}
+
+/// Where DebuggingServer keeps messages and what it prints; the faults in front of any class.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct CaptureOptions {
+    /// `--maildir DIR`.
+    pub maildir: Option<PathBuf>,
+    /// `--mbox FILE`.
+    pub mbox: Option<PathBuf>,
+    /// `--jsonl FILE` (`-`: stdout).
+    pub jsonl: Option<PathBuf>,
+    /// `--print cpython|raw|none`; `None`: CPython's block, or nothing with `--jsonl -`.
+    pub print: Option<Print>,
+    /// `--keep N`: at most N messages in the Maildir and lines in the JSON lines file.
+    pub keep: Option<usize>,
+    /// `--fault SPEC` (repeatable), in order.
+    pub faults: Vec<Fault>,
+}
+
+impl CaptureOptions {
+    /// Whether a DebuggingServer-only option was given.
+    pub fn any_capture(&self) -> bool {
+        self.maildir.is_some()
+            || self.mbox.is_some()
+            || self.jsonl.is_some()
+            || self.print.is_some()
+            || self.keep.is_some()
+    }
 }
 
 /// Where `--mailman-lmtp` points, as given (a host name is resolved at start-up, not here).
@@ -137,6 +171,7 @@ impl Default for Options {
             open_relay: false,
             upstream_timeout: None,
             limits: Limits::default(),
+            capture: CaptureOptions::default(),
             mailman_lmtp: None,
             mailman2_prefix: None,
             mailman_suffixes: None,
@@ -223,6 +258,8 @@ enum Section {
     Limits,
     /// MailmanProxy's options.
     Mailman,
+    /// DebuggingServer's capture options and the faults.
+    Debugging,
 }
 
 impl Section {
@@ -233,6 +270,10 @@ impl Section {
             Section::Relay => "Relay options (PureProxy and MailmanProxy; not in Python's smtpd):\n\n",
             Section::Limits => {
                 "Limits (not in Python's smtpd; defaults and replies in docs/limits.md; 0 = none):\n\n"
+            }
+            Section::Debugging => {
+                "DebuggingServer options (not in Python's smtpd). A message that cannot be
+stored is answered 451 4.3.0; see docs/testing.md:\n\n"
             }
             Section::Mailman => {
                 "MailmanProxy options (not in Python's smtpd). List mail goes to Mailman,
@@ -601,6 +642,109 @@ before it get 554 (default 0: off)",
         },
         section: Section::Limits,
         help: "listen backlog (default 1024; at least 1)",
+    },
+    // DebuggingServer's capture options and the faults (one block).
+    OptSpec {
+        short: None,
+        long: "maildir",
+        action: Action::Value {
+            metavar: "DIR",
+            set: |o, v| {
+                o.capture.maildir = Some(PathBuf::from(v));
+                Ok(())
+            },
+        },
+        section: Section::Debugging,
+        help: "Keep every message as a file in the Maildir DIR (created if missing):
+written to tmp/, fsynced, renamed into new/. Byte-exact, no X-Peer.",
+    },
+    OptSpec {
+        short: None,
+        long: "mbox",
+        action: Action::Value {
+            metavar: "FILE",
+            set: |o, v| {
+                o.capture.mbox = Some(PathBuf::from(v));
+                Ok(())
+            },
+        },
+        section: Section::Debugging,
+        help: "Append every message to the mbox FILE (mboxrd quoting of From lines,
+an advisory flock around each message).",
+    },
+    OptSpec {
+        short: None,
+        long: "jsonl",
+        action: Action::Value {
+            metavar: "FILE|-",
+            set: |o, v| {
+                o.capture.jsonl = Some(PathBuf::from(v));
+                Ok(())
+            },
+        },
+        section: Section::Debugging,
+        help: "Write one JSON object per message (time, peer, HELO, envelope,
+size, where it was stored, Subject/From/To/Message-ID) to FILE, or
+to stdout for -, where --print then defaults to none.",
+    },
+    OptSpec {
+        short: None,
+        long: "print",
+        action: Action::Value {
+            metavar: "cpython|raw|none",
+            set: |o, v| {
+                o.capture.print = Some(match v.to_str() {
+                    Some("cpython") => Print::Cpython,
+                    Some("raw") => Print::Raw,
+                    Some("none") => Print::None,
+                    _ => {
+                        return Err(BadValue::Usage(format!(
+                            "Invalid print mode: {} (cpython, raw or none)",
+                            lossy(v)
+                        )))
+                    }
+                });
+                Ok(())
+            },
+        },
+        section: Section::Debugging,
+        help: "What goes to stdout for each message: CPython's block (the default),
+the raw message as stored, or nothing.",
+    },
+    OptSpec {
+        short: None,
+        long: "keep",
+        action: Action::Value {
+            metavar: "N",
+            set: |o, v| {
+                let n = number(v)?;
+                o.capture.keep = Some(usize::try_from(n).map_err(|_| BadValue::Invalid)?);
+                Ok(())
+            },
+        },
+        section: Section::Debugging,
+        help: "Keep at most N messages in the Maildir and N lines in the --jsonl
+file (the oldest are removed). An mbox is not trimmed.",
+    },
+    OptSpec {
+        short: None,
+        long: "fault",
+        action: Action::Value {
+            metavar: "SPEC",
+            set: |o, v| {
+                let fault = Fault::parse(text(v)?).map_err(|e| BadValue::Usage(e.to_string()))?;
+                o.capture.faults.push(fault);
+                Ok(())
+            },
+        },
+        section: Section::Debugging,
+        help: "Misbehave on purpose (any class; repeatable, first match acts).
+WHEN[=GLOB]:WHAT with WHEN connect|helo|mail|rcpt|data, GLOB an
+address (or HELO name, IP) pattern with * and ?, and WHAT a reply
+(\"rcpt=bad@*:550 5.1.1 No such user\"), delay=DURATION (mail, rcpt,
+data: \"data:delay=2s\"), drop (close the connection) or discard
+(data: 250 but not stored). rate:N/DURATION answers MAIL with
+421 4.7.0 past N transactions per DURATION (\"rate:10/60s\").",
     },
     // MailmanProxy.
     OptSpec {

@@ -7,7 +7,10 @@
 
 mod args;
 
-pub use args::{parse_args, parse_spec, usage_text, CliError, Limits, LmtpTarget, Options, Parsed};
+pub use args::{
+    parse_args, parse_spec, usage_text, CaptureOptions, CliError, Limits, LmtpTarget, Options,
+    Parsed,
+};
 
 use std::cell::RefCell;
 use std::ffi::OsString;
@@ -18,6 +21,9 @@ use std::time::Duration;
 
 use crate::reactor::Reactor;
 use crate::server::{Backend, Listener, ServerOptions, Shutdown};
+use crate::servers::capture::{JsonLines, Maildir, Mbox};
+use crate::servers::debugging::Print;
+use crate::servers::faults::Faults;
 use crate::servers::mailman::{LmtpAddr, Mailman2, MailmanVersion};
 use crate::servers::{
     DebuggingServer, MailmanOptions, MailmanProxy, ProxyOptions, PureProxy, RelayMode, Sink,
@@ -60,8 +66,10 @@ impl Classes {
         let mut classes = Classes {
             entries: Vec::new(),
         };
-        classes.register("DebuggingServer", |_| {
-            Ok(Rc::new(RefCell::new(DebuggingServer::new())))
+        classes.register("DebuggingServer", |args| {
+            Ok(Rc::new(RefCell::new(debugging_server(
+                &args.options.capture,
+            )?)))
         });
         classes.register("Sink", |_| Ok(Rc::new(RefCell::new(Sink::default()))));
         classes.register("PureProxy", |args| Ok(pure_proxy(args)?));
@@ -111,6 +119,46 @@ impl std::fmt::Debug for Classes {
 }
 
 /// The remote address, which a relaying class cannot do without.
+/// DebuggingServer with the stores and print mode of the command line. The Maildir and the
+/// mbox come before the JSON lines, whose records say where they put the message.
+fn debugging_server(capture: &CaptureOptions) -> Result<DebuggingServer, ClassError> {
+    let to_stdout = capture.jsonl.as_deref() == Some(std::path::Path::new("-"));
+    let default_print = if to_stdout {
+        Print::None
+    } else {
+        Print::Cpython
+    };
+    let mut server = DebuggingServer::new().with_print(capture.print.unwrap_or(default_print));
+    if let Some(dir) = &capture.maildir {
+        let mut maildir = Maildir::open(dir)
+            .map_err(|e| format!("Cannot open the Maildir {}: {e}", dir.display()))?;
+        if let Some(n) = capture.keep {
+            maildir = maildir
+                .keep(n)
+                .map_err(|e| format!("Cannot list the Maildir {}: {e}", dir.display()))?;
+        }
+        server = server.with_store(maildir);
+    }
+    if let Some(file) = &capture.mbox {
+        let mbox = Mbox::open(file)
+            .map_err(|e| format!("Cannot open the mbox {}: {e}", file.display()))?;
+        server = server.with_store(mbox);
+    }
+    if let Some(file) = &capture.jsonl {
+        let mut jsonl = if to_stdout {
+            JsonLines::stdout()
+        } else {
+            JsonLines::open(file)
+                .map_err(|e| format!("Cannot open the JSON lines file {}: {e}", file.display()))?
+        };
+        if let Some(n) = capture.keep {
+            jsonl = jsonl.keep(n);
+        }
+        server = server.with_store(jsonl);
+    }
+    Ok(server)
+}
+
 fn resolved_upstream(args: &ClassArgs<'_>) -> Result<SocketAddr, String> {
     let o = args.options;
     args.remote.ok_or_else(|| {
@@ -288,9 +336,20 @@ fn serve(options: &Options, classes: &Classes) -> Result<(), String> {
         )
     })?;
     let remote = resolve(&options.remotehost, options.remoteport);
-    let server = classes
+    if options.capture.any_capture() && options.classname != "DebuggingServer" {
+        return Err(format!(
+            "--maildir, --mbox, --jsonl, --print and --keep are DebuggingServer options (-c DebuggingServer), not {}'s",
+            options.classname
+        ));
+    }
+    let mut server = classes
         .build(&options.classname, &ClassArgs { options, remote })
         .map_err(|e| e.to_string())?;
+    if !options.capture.faults.is_empty() {
+        let faults = options.capture.faults.iter().cloned();
+        let faults = faults.fold(Faults::new(), Faults::with);
+        server = Box::new(faults.wrap(server));
+    }
     // Before the options are built: their connection cap follows the descriptor limit.
     match crate::sys::raise_fd_limit() {
         Ok(n) => log::debug!("descriptor limit {n}"),

@@ -11,18 +11,39 @@
 use std::fmt::Write as _;
 use std::io::{self, Write};
 
-use crate::server::{Message, Outcome, ServerCtx, SmtpServer};
+use crate::server::{EnhancedCode, Message, Outcome, Reply, ServerCtx, SmtpServer};
+use crate::servers::capture::{self, CaptureStore};
+
+/// What [`DebuggingServer`] prints for each message.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Print {
+    /// CPython's block (the default): banners, option lines, the message with `X-Peer:`.
+    #[default]
+    Cpython,
+    /// The message bytes as stored (see [`capture::stored_bytes`]): no banner, no `X-Peer:`.
+    Raw,
+    /// Nothing.
+    None,
+}
 
 /// CPython's `DebuggingServer`: prints every message it receives (to stdout by default) and
-/// accepts it.
+/// accepts it; with [capture stores](crate::servers::capture) attached
+/// ([`with_store`](Self::with_store)), it also keeps every message.
 ///
 /// Each message is written and flushed as one block. A closed or broken output (a pipe whose
 /// reader went away) is logged once and otherwise ignored: the message is still accepted, as
-/// printing is not delivery, and the server never panics on it.
+/// printing is not delivery, and the server never panics on it. A store that fails is
+/// different: the message is answered `451 4.3.0` (the client keeps it and retries), the
+/// reason is logged, and nothing is printed for it. Stores run in the order they were
+/// attached; a message refused because a later store failed may already be in an earlier one
+/// (a retry then stores it there twice).
 pub struct DebuggingServer {
     out: Box<dyn Write>,
     failed: bool,
     buf: Vec<u8>,
+    print: Print,
+    stores: Vec<Box<dyn CaptureStore>>,
 }
 
 impl DebuggingServer {
@@ -37,7 +58,38 @@ impl DebuggingServer {
             out,
             failed: false,
             buf: Vec::new(),
+            print: Print::Cpython,
+            stores: Vec::new(),
         }
+    }
+
+    /// Chooses what is printed ([`Print::Cpython`] by default).
+    pub fn with_print(mut self, print: Print) -> DebuggingServer {
+        self.print = print;
+        self
+    }
+
+    /// Attaches a capture store, called for every message after the ones attached before.
+    pub fn with_store(mut self, store: impl CaptureStore + 'static) -> DebuggingServer {
+        self.stores.push(Box::new(store));
+        self
+    }
+
+    /// Attaches an already boxed capture store.
+    pub fn with_boxed_store(mut self, store: Box<dyn CaptureStore>) -> DebuggingServer {
+        self.stores.push(store);
+        self
+    }
+
+    /// Runs every store; the first error ends it.
+    fn capture(&mut self, message: &Message) -> io::Result<()> {
+        let mut stored = Vec::new();
+        for store in &mut self.stores {
+            if let Some(place) = store.store(message, &stored)? {
+                stored.push(place);
+            }
+        }
+        Ok(())
     }
 }
 
@@ -49,20 +101,41 @@ impl Default for DebuggingServer {
 
 impl std::fmt::Debug for DebuggingServer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("DebuggingServer").finish_non_exhaustive()
+        f.debug_struct("DebuggingServer")
+            .field("print", &self.print)
+            .field("stores", &self.stores.len())
+            .finish_non_exhaustive()
     }
 }
 
 impl SmtpServer for DebuggingServer {
     fn process_message(&mut self, message: &Message, _cx: &mut ServerCtx<'_, '_>) -> Outcome {
+        if let Err(e) = self.capture(message) {
+            log::error!(
+                "{}: cannot store the message from <{}>: {e}; answering 451",
+                message.peer,
+                message.mail_from
+            );
+            return Outcome::Reply(Reply::enhanced(
+                451,
+                EnhancedCode::new(4, 3, 0),
+                "Requested action aborted: cannot store the message",
+            ));
+        }
         self.buf.clear();
-        format_message(
-            &message.peer.ip().to_string(),
-            &message.data,
-            &message.mail_options,
-            &message.rcpt_options,
-            &mut self.buf,
-        );
+        match self.print {
+            Print::Cpython => format_message(
+                &message.peer.ip().to_string(),
+                &message.data,
+                &message.mail_options,
+                &message.rcpt_options,
+                &mut self.buf,
+            ),
+            Print::Raw => self
+                .buf
+                .extend_from_slice(&capture::stored_bytes(&message.data)),
+            Print::None => return Outcome::Accept,
+        }
         let written = self
             .out
             .write_all(&self.buf)
