@@ -7,7 +7,9 @@
 
 mod args;
 
-pub use args::{parse_args, parse_spec, usage_text, CliError, Limits, LmtpTarget, Options, Parsed};
+pub use args::{
+    parse_args, parse_spec, usage_text, CliError, Limits, LmtpTarget, Options, Parsed, TlsOptions,
+};
 
 use std::cell::RefCell;
 use std::ffi::OsString;
@@ -227,6 +229,40 @@ fn apply_limits(limits: &Limits, o: &mut ServerOptions) {
     }
 }
 
+/// Applies the `--tls-*` options: loads the certificate and key (a clear error when they are
+/// missing, unreadable or do not match).
+fn apply_tls(tls: &TlsOptions, o: &mut ServerOptions) -> Result<(), String> {
+    if let Some(secs) = tls.handshake_timeout {
+        o.tls_handshake_timeout = Duration::from_secs(secs);
+    }
+    let (cert, key) = match (&tls.cert, &tls.key) {
+        (None, None) => {
+            if tls.implicit || tls.require_starttls {
+                return Err(
+                    "--implicit-tls and --require-starttls need --tls-cert and --tls-key".into(),
+                );
+            }
+            return Ok(());
+        }
+        (Some(cert), Some(key)) => (cert, key),
+        _ => return Err("Give both --tls-cert and --tls-key".into()),
+    };
+    #[cfg(feature = "tls")]
+    {
+        let config = crate::server::TlsConfig::from_pem_files(cert, key)
+            .map_err(|e| format!("Cannot use the TLS certificate: {e}"))?;
+        o.tls = Some(config);
+        o.implicit_tls = tls.implicit;
+        o.session.require_tls = tls.require_starttls && !tls.implicit;
+        Ok(())
+    }
+    #[cfg(not(feature = "tls"))]
+    {
+        let _ = (cert, key, o);
+        Err("This smtpd was built without TLS (cargo feature `tls`)".into())
+    }
+}
+
 fn resolve(host: &str, port: u16) -> Option<SocketAddr> {
     let host = if host.is_empty() { "0.0.0.0" } else { host };
     (host, port).to_socket_addrs().ok()?.next()
@@ -304,6 +340,7 @@ fn serve(options: &Options, classes: &Classes) -> Result<(), String> {
     server_options.session.product = VERSION.to_string();
     server_options.session.data_size_limit = options.size_limit.unwrap_or(DATA_SIZE_DEFAULT);
     server_options.session.enable_smtputf8 = options.enable_smtputf8;
+    apply_tls(&options.tls, &mut server_options)?;
 
     // The handlers are installed before the listener exists: a signal that arrives as soon as
     // clients can connect is kept (and acted on once the loop runs), never the default kill.

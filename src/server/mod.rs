@@ -40,6 +40,8 @@ mod listener;
 mod session;
 mod shared;
 mod spawn;
+#[cfg(feature = "tls")]
+mod tls;
 
 pub use crate::smtp::{EnhancedCode, Message, Param, Peer, Recipient, Reply};
 #[cfg(feature = "testing")]
@@ -49,6 +51,8 @@ pub use listener::{Listener, Shutdown};
 pub(crate) use session::ask;
 pub use session::{Backend, SmtpSession};
 pub use spawn::{spawn, ServerHandle, ShutdownTrigger, SHUTDOWN_MARGIN};
+#[cfg(feature = "tls")]
+pub use tls::{TlsConfig, TlsConfigError};
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc;
@@ -714,6 +718,19 @@ pub struct ServerOptions {
     /// [`LISTEN_BACKLOG`](crate::reactor::LISTEN_BACKLOG) (1024; the kernel caps it at
     /// `net.core.somaxconn`).
     pub backlog: i32,
+    /// The certificate and key: with it, EHLO offers STARTTLS (RFC 3207), or with
+    /// [`implicit_tls`](Self::implicit_tls) every connection starts with a TLS handshake.
+    /// [`Config::require_tls`] in [`session`](Self::session) then refuses mail before TLS.
+    /// `None` (the default): no TLS, CPython's dialogue.
+    #[cfg(feature = "tls")]
+    pub tls: Option<TlsConfig>,
+    /// Implicit TLS (RFC 8314, "submissions", port 465): the handshake starts at accept and
+    /// the greeting goes out over TLS; STARTTLS is not offered. Needs [`tls`](Self::tls).
+    #[cfg(feature = "tls")]
+    pub implicit_tls: bool,
+    /// The longest a TLS handshake (after STARTTLS, or at accept) may take; the connection is
+    /// then closed. Default 10 seconds.
+    pub tls_handshake_timeout: Duration,
 }
 
 /// `127.0.0.0/8` and `::1/128`: the default [`ServerOptions::trusted_networks`].
@@ -747,6 +764,11 @@ impl Default for ServerOptions {
             trusted_networks: loopback_networks(),
             data_memory_limit: DATA_MEMORY_LIMIT,
             backlog: crate::reactor::LISTEN_BACKLOG,
+            #[cfg(feature = "tls")]
+            tls: None,
+            #[cfg(feature = "tls")]
+            implicit_tls: false,
+            tls_handshake_timeout: Duration::from_secs(10),
         }
     }
 }
