@@ -709,8 +709,9 @@ impl Session {
     /// Runs a command the built-in way (unknown verbs get `500`).
     fn run(&mut self, verb: &str, arg: &str, out: &mut Vec<Output>) {
         let known = match Verb::from_upper(verb) {
-            // Without a TLS setup STARTTLS is unknown, as in CPython.
-            Some(Verb::Starttls) if !self.config.starttls => None,
+            // Without a TLS setup STARTTLS is unknown, as in CPython (over implicit TLS it is
+            // "already active").
+            Some(Verb::Starttls) if !self.config.starttls && !self.is_tls() => None,
             known => known,
         };
         let Some(verb) = known else {
