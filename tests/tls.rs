@@ -428,10 +428,11 @@ fn has_swaks_tls() -> bool {
 #[test]
 fn swaks_tls_and_tls_on_connect() {
     if !has_swaks_tls() {
-        // .ci/run installs swaks and libnet-ssleay-perl; outside CI this test needs them.
+        // .ci/run installs swaks and libnet-ssleay-perl and sets SMTPD_REQUIRE_SWAKS: there
+        // the test cannot be skipped.
         assert!(
-            std::env::var_os("CI").is_none(),
-            "swaks with Net::SSLeay is required in CI"
+            std::env::var_os("SMTPD_REQUIRE_SWAKS").is_none(),
+            "swaks with Net::SSLeay is required (SMTPD_REQUIRE_SWAKS is set)"
         );
         eprintln!("skipped: swaks with Net::SSLeay is not installed");
         return;
