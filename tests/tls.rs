@@ -493,3 +493,41 @@ fn bad_certificates_stop_the_start_with_a_clear_error() {
     }
     let _ = Path::new(&certs.dir);
 }
+
+const RELAY_CLIENT: &str = r#"
+import smtplib, ssl, sys
+port, ca = int(sys.argv[1]), sys.argv[2]
+ctx = ssl.create_default_context(cafile=ca)
+with smtplib.SMTP('localhost', port, timeout=20) as s:
+    s.starttls(context=ctx)
+    print('refused', s.sendmail('alice@example.com', ['bob@example.com'], b'Subject: relayed\r\n\r\nover tls\r\n'))
+"#;
+
+#[test]
+fn pure_proxy_traces_mail_received_over_tls_as_esmtps() {
+    let certs = Certs::new();
+    let (upstream, up_port) = start_smtpd(&["-n", "-c", "DebuggingServer"]);
+    let port = support::free_port();
+    let (cert, key) = (certs.path("cert.pem"), certs.path("key.pem"));
+    let (local, remote) = (format!("127.0.0.1:{port}"), format!("127.0.0.1:{up_port}"));
+    let mut relay = Proc::smtpd(&[
+        "-n",
+        "-c",
+        "PureProxy",
+        "--tls-cert",
+        &cert,
+        "--tls-key",
+        &key,
+        &local,
+        &remote,
+    ]);
+    relay.wait_listening(SocketAddr::from(([127, 0, 0, 1], port)));
+    let out = python_ok(RELAY_CLIENT, &[&port.to_string(), &certs.path("ca.pem")]);
+    assert_eq!(out, "refused {}\n");
+    assert!(wait_for(&upstream, "over tls"), "{}", upstream.stdout());
+    assert!(
+        upstream.stdout().contains("with ESMTPS"),
+        "{}",
+        upstream.stdout()
+    );
+}

@@ -203,6 +203,9 @@ pub struct HeloRequest<'a> {
     pub name: &'a str,
     /// `EHLO` rather than `HELO`.
     pub extended: bool,
+    /// The TLS facts when the connection is encrypted (after STARTTLS or on an
+    /// implicit-TLS listener).
+    pub tls: Option<&'a crate::smtp::TlsInfo>,
 }
 
 impl<'a> HeloRequest<'a> {
@@ -213,6 +216,7 @@ impl<'a> HeloRequest<'a> {
             peer,
             name,
             extended,
+            tls: None,
         }
     }
 }
@@ -229,6 +233,9 @@ pub struct CommandRequest<'a> {
     pub verb: &'a str,
     /// The rest of the line.
     pub arg: &'a str,
+    /// The TLS facts when the connection is encrypted (after STARTTLS or on an
+    /// implicit-TLS listener).
+    pub tls: Option<&'a crate::smtp::TlsInfo>,
 }
 
 impl<'a> CommandRequest<'a> {
@@ -245,6 +252,7 @@ impl<'a> CommandRequest<'a> {
             helo,
             verb,
             arg,
+            tls: None,
         }
     }
 }
@@ -277,6 +285,9 @@ pub struct AddressRequest<'a> {
     pub mail_params: &'a [Param],
     /// Recipients accepted so far in this transaction, each with its RCPT parameters.
     pub recipients: &'a [Recipient],
+    /// The TLS facts when the connection is encrypted (after STARTTLS or on an
+    /// implicit-TLS listener).
+    pub tls: Option<&'a crate::smtp::TlsInfo>,
 }
 
 impl<'a> AddressRequest<'a> {
@@ -295,6 +306,7 @@ impl<'a> AddressRequest<'a> {
             params: &[],
             mail_params: &[],
             recipients: &[],
+            tls: None,
         }
     }
 
@@ -312,6 +324,7 @@ impl<'a> AddressRequest<'a> {
             params: &[],
             mail_params: &[],
             recipients: &[],
+            tls: None,
         }
     }
 

@@ -218,6 +218,7 @@ pub(crate) fn ask(
     let peer = session.peer();
     let helo = session.helo();
     let envelope = session.envelope();
+    let tls = session.peer_info().tls.as_deref();
     match request {
         Request::Connect => hooks.on_connect(session.peer_info(), cx),
         Request::Helo(check) => {
@@ -225,6 +226,7 @@ pub(crate) fn ask(
                 peer,
                 name: &check.name,
                 extended: check.extended,
+                tls,
             };
             hooks.on_helo(&request, cx)
         }
@@ -240,6 +242,7 @@ pub(crate) fn ask(
                 params: &check.params,
                 mail_params: envelope.map_or(&check.params, |e| &e.mail_params),
                 recipients: envelope.map_or(&[], |e| &e.recipients),
+                tls,
             };
             if matches!(request, Request::Mail(_)) {
                 hooks.on_mail(&address, cx)
@@ -253,6 +256,7 @@ pub(crate) fn ask(
                 helo,
                 verb: &check.verb,
                 arg: &check.arg,
+                tls,
             };
             hooks.on_command(&request, cx)
         }
