@@ -37,8 +37,9 @@ impl Certs {
         let ca_key = KeyPair::generate().unwrap();
         let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
         ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        ca.distinguished_name
-            .push(DnType::CommonName, "smtpd test CA");
+        // A name of its own: a client trusting two test CAs must tell them apart.
+        let name = format!("smtpd test CA {}", dir.display());
+        ca.distinguished_name.push(DnType::CommonName, name);
         ca.key_usages = vec![
             KeyUsagePurpose::KeyCertSign,
             KeyUsagePurpose::CrlSign,
@@ -530,4 +531,56 @@ fn pure_proxy_traces_mail_received_over_tls_as_esmtps() {
         "{}",
         upstream.stdout()
     );
+}
+
+/// STARTTLS, then prints `same` when the server's certificate is the one in `cert_file` now.
+const PEER_CERT_CLIENT: &str = r#"
+import smtplib, ssl, sys
+port, ca, cert_file = int(sys.argv[1]), sys.argv[2], sys.argv[3]
+ctx = ssl.create_default_context(cafile=ca)
+with smtplib.SMTP('localhost', port, timeout=20) as s:
+    s.starttls(context=ctx)
+    der = s.sock.getpeercert(binary_form=True)
+    print('same' if der == ssl.PEM_cert_to_DER_cert(open(cert_file).read()) else 'other')
+"#;
+
+#[test]
+fn sighup_reloads_the_certificate_and_keeps_it_when_the_new_pair_is_bad() {
+    let first = Certs::new();
+    let second = Certs::new();
+    // The files the server is started with; the client trusts both CAs.
+    let live = Certs::new();
+    let both = live.path("both-ca.pem");
+    let cas = std::fs::read_to_string(first.path("ca.pem")).unwrap()
+        + &std::fs::read_to_string(second.path("ca.pem")).unwrap();
+    std::fs::write(&both, cas).unwrap();
+    for name in ["cert.pem", "key.pem"] {
+        std::fs::copy(first.path(name), live.path(name)).unwrap();
+    }
+    let (proc, port) = start_tls_server(&live, &[]);
+    let check = |expected: &Certs| {
+        python_ok(
+            PEER_CERT_CLIENT,
+            &[&port.to_string(), &both, &expected.path("cert.pem")],
+        )
+    };
+    assert_eq!(check(&first), "same\n");
+    // A new pair: new connections get it.
+    for name in ["cert.pem", "key.pem"] {
+        std::fs::copy(second.path(name), live.path(name)).unwrap();
+    }
+    proc.signal("HUP");
+    assert!(wait_for(&proc, "SIGHUP: reloaded"), "{}", proc.stderr());
+    assert_eq!(check(&second), "same\n");
+    // A bad pair (the key of another certificate): refused, the second one is kept.
+    std::fs::copy(first.path("cert.pem"), live.path("cert.pem")).unwrap();
+    proc.signal("HUP");
+    assert!(
+        wait_for(&proc, "SIGHUP: keeping the TLS certificate in use"),
+        "{}",
+        proc.stderr()
+    );
+    assert_eq!(check(&second), "same\n");
+    // The server is still up and serving.
+    assert_eq!(python_ok(PLAIN_CLIENT, &[&port.to_string()]), "ok\n");
 }

@@ -220,3 +220,22 @@ fn tls_config_errors_name_the_problem() {
     assert!(err.to_string().contains("/nonexistent/cert.pem"), "{err}");
     assert!(TlsConfig::from_der(vec![pki.leaf.clone()], pki.key.clone_key()).is_ok());
 }
+
+#[test]
+fn clones_of_a_tls_config_share_the_certificate_slot() {
+    let (a, b) = (pki(), pki());
+    let config = TlsConfig::from_der(vec![a.leaf.clone()], a.key.clone_key()).unwrap();
+    let kept = config.clone();
+    let other = TlsConfig::from_der(vec![b.leaf.clone()], b.key.clone_key()).unwrap();
+    assert!(!Arc::ptr_eq(&config.rustls(), &other.rustls()));
+    kept.replace(&other);
+    assert!(Arc::ptr_eq(&config.rustls(), &other.rustls()));
+    let err = kept
+        .reload_pem_files("/nonexistent/cert.pem", "/nonexistent/key.pem")
+        .unwrap_err();
+    assert!(err.to_string().contains("cannot read"), "{err}");
+    assert!(
+        Arc::ptr_eq(&config.rustls(), &other.rustls()),
+        "kept after a failed reload"
+    );
+}

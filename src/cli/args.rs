@@ -720,7 +720,7 @@ domain (CPython ignored it). Default: the recipient's domain.",
         },
         section: Section::Tls,
         help: "certificate chain (PEM, leaf first); with --tls-key, EHLO
-offers STARTTLS (RFC 3207)",
+offers STARTTLS (RFC 3207); SIGHUP reloads both files",
     },
     OptSpec {
         short: None,

@@ -229,6 +229,28 @@ fn apply_limits(limits: &Limits, o: &mut ServerOptions) {
     }
 }
 
+/// SIGHUP: loads `--tls-cert` and `--tls-key` again; a bad new pair is refused with a log
+/// line and the certificate in use is kept.
+#[cfg(feature = "tls")]
+fn reload_tls(
+    reload: Option<&(
+        crate::server::TlsConfig,
+        std::path::PathBuf,
+        std::path::PathBuf,
+    )>,
+) {
+    let Some((tls, cert, key)) = reload else {
+        return;
+    };
+    match tls.reload_pem_files(cert, key) {
+        Ok(()) => log::info!("SIGHUP: reloaded the TLS certificate {}", cert.display()),
+        Err(e) => log::error!("SIGHUP: keeping the TLS certificate in use: {e}"),
+    }
+}
+
+#[cfg(not(feature = "tls"))]
+fn reload_tls<T>(_: Option<&T>) {}
+
 /// Applies the `--tls-*` options: loads the certificate and key (a clear error when they are
 /// missing, unreadable or do not match).
 fn apply_tls(tls: &TlsOptions, o: &mut ServerOptions) -> Result<(), String> {
@@ -341,15 +363,25 @@ fn serve(options: &Options, classes: &Classes) -> Result<(), String> {
     server_options.session.data_size_limit = options.size_limit.unwrap_or(DATA_SIZE_DEFAULT);
     server_options.session.enable_smtputf8 = options.enable_smtputf8;
     apply_tls(&options.tls, &mut server_options)?;
+    // SIGHUP reloads the certificate and key (only with TLS: otherwise it keeps its default).
+    #[cfg(feature = "tls")]
+    let reload = server_options.tls.clone().and_then(|tls| {
+        let cert = options.tls.cert.clone()?;
+        let key = options.tls.key.clone()?;
+        Some((tls, cert, key))
+    });
+    #[cfg(not(feature = "tls"))]
+    let reload: Option<((), std::path::PathBuf, std::path::PathBuf)> = None;
 
     // The handlers are installed before the listener exists: a signal that arrives as soon as
     // clients can connect is kept (and acted on once the loop runs), never the default kill.
     // This starts no thread.
-    let mut signals = signal_hook::iterator::Signals::new([
-        signal_hook::consts::SIGINT,
-        signal_hook::consts::SIGTERM,
-    ])
-    .map_err(|e| format!("Cannot handle signals: {e}"))?;
+    let mut wanted = vec![signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM];
+    if reload.is_some() {
+        wanted.push(signal_hook::consts::SIGHUP);
+    }
+    let mut signals = signal_hook::iterator::Signals::new(wanted)
+        .map_err(|e| format!("Cannot handle signals: {e}"))?;
     let mut reactor = Reactor::new().map_err(|e| format!("Cannot start the event loop: {e}"))?;
     let listener = Listener::bind(&mut reactor, local, server, server_options)
         .map_err(|e| format!("Cannot listen on {local}: {e}"))?;
@@ -365,6 +397,10 @@ fn serve(options: &Options, classes: &Classes) -> Result<(), String> {
     std::thread::spawn(move || {
         let mut seen = 0;
         for signal in signals.forever() {
+            if signal == signal_hook::consts::SIGHUP {
+                reload_tls(reload.as_ref());
+                continue;
+            }
             seen += 1;
             if seen == 1 {
                 log::info!("signal {signal}: shutting down gracefully");

@@ -3,17 +3,23 @@
 
 use std::fmt;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::ServerConfig;
 
 /// A listener's TLS settings: a rustls server configuration (ring provider, TLS 1.2 and
-/// 1.3), shared by all its connections. Cheap to clone.
+/// 1.3), shared by all its connections.
+///
+/// Clones share one slot: [`reload_pem_files`](Self::reload_pem_files) or
+/// [`replace`](Self::replace) on any clone (the one given to `ServerOptions::tls`, kept by
+/// the caller, from any thread) changes the certificate for the connections that start TLS
+/// afterwards; connections already encrypted keep theirs. This is how the `smtpd` command
+/// renews its certificate on SIGHUP.
 #[derive(Clone)]
 pub struct TlsConfig {
-    server: Arc<ServerConfig>,
+    current: Arc<Mutex<Arc<ServerConfig>>>,
 }
 
 impl fmt::Debug for TlsConfig {
@@ -129,19 +135,44 @@ impl TlsConfig {
             .with_no_client_auth()
             .with_single_cert(certs, key)
             .map_err(|e| TlsConfigError::Refused(e.to_string()))?;
-        Ok(TlsConfig {
-            server: Arc::new(server),
-        })
+        Ok(TlsConfig::from_rustls(Arc::new(server)))
     }
 
     /// A rustls configuration of your own (client certificates, ALPN, another certificate
     /// resolver).
     pub fn from_rustls(server: Arc<ServerConfig>) -> TlsConfig {
-        TlsConfig { server }
+        TlsConfig {
+            current: Arc::new(Mutex::new(server)),
+        }
     }
 
-    /// The rustls configuration.
-    pub fn rustls(&self) -> &Arc<ServerConfig> {
-        &self.server
+    /// The rustls configuration new handshakes use now.
+    pub fn rustls(&self) -> Arc<ServerConfig> {
+        self.current
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Makes every clone of this configuration use `other`'s certificate (and settings) from
+    /// the next handshake on.
+    pub fn replace(&self, other: &TlsConfig) {
+        let new = other.rustls();
+        *self.current.lock().unwrap_or_else(|p| p.into_inner()) = new;
+    }
+
+    /// Loads a new certificate and key as [`from_pem_files`](Self::from_pem_files) and, if
+    /// they are good, uses them from the next handshake on.
+    ///
+    /// # Errors
+    /// As [`from_pem_files`](Self::from_pem_files); the certificate in use is then kept.
+    pub fn reload_pem_files(
+        &self,
+        cert: impl AsRef<Path>,
+        key: impl AsRef<Path>,
+    ) -> Result<(), TlsConfigError> {
+        let new = TlsConfig::from_pem_files(cert, key)?;
+        self.replace(&new);
+        Ok(())
     }
 }
