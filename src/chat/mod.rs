@@ -1,6 +1,6 @@
 //! The buffered, terminator-framed channel: asynchat's `async_chat`, on the reactor.
 //!
-//! A [`Chat`] owns a [`Transport`] (a [`Socket`]: TCP or unix-domain now, TLS later; a pipe, a
+//! A [`Chat`] owns a [`Transport`] (a [`Socket`]: TCP, unix-domain or TLS over either; a pipe, a
 //! [`FileStream`](crate::reactor::FileStream)), the unframed leftover of its input, the current
 //! [`Terminator`] and an output queue. Its owner supplies the protocol as a
 //! [`ChatHandler`]: `collect_incoming_data` receives input up to the terminator, as it arrives;

@@ -1,5 +1,5 @@
 //! [`Transport`]: what a [`Chat`](super::Chat) reads from and writes to, and [`Socket`], the
-//! transport of network channels (TCP or unix-domain now; TLS goes next to them).
+//! transport of network channels (TCP, unix-domain, or TLS over either: `Socket::Tls`, feature `tls`).
 
 use std::any::{type_name, Any};
 use std::fmt;

@@ -66,7 +66,8 @@ pub trait SmtpSession: 'static {
     /// greets with the `220` line; a `2xx` reply greets with that reply instead; any other
     /// reply (`554 No service for you`) is sent instead of the greeting and the connection
     /// closes. It may defer (a reputation lookup): the client then waits for the greeting.
-    /// `peer` is what is known about the client (its address; later its TLS and PROXY facts).
+    /// `peer` is what is known about the client (its address; on an implicit-TLS listener its
+    /// TLS facts, [`Peer::tls`]).
     fn on_connect(&mut self, _peer: &Peer, _cx: &mut ServerCtx<'_, '_>) -> Outcome {
         Outcome::Accept
     }
@@ -112,8 +113,9 @@ pub trait SmtpSession: 'static {
 /// `Rc<RefCell<S>>` for any [`SmtpServer`] `S` (also `dyn SmtpServer`) is a backend whose
 /// sessions forward every hook to the shared server; `Box<B>` of a backend is one too.
 pub trait Backend: 'static {
-    /// A session for a new connection from `peer` (its address, [`Peer::addr`]; later also
-    /// the TLS and PROXY facts). Called when the connection starts, before
+    /// A session for a new connection from `peer` (its address, [`Peer::addr`]; on an
+    /// implicit-TLS listener, after the handshake, its TLS facts, [`Peer::tls`]; after
+    /// STARTTLS the hooks' requests and the [`Message`] carry them). Called before
     /// [`SmtpSession::on_connect`]; a panic here refuses the connection with `421`.
     fn open_session(&mut self, peer: &Peer) -> Box<dyn SmtpSession>;
 

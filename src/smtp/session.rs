@@ -555,7 +555,7 @@ impl Session {
         self.peer.addr
     }
 
-    /// What is known about the client: its address, later its TLS and PROXY facts.
+    /// What is known about the client: its address and, once encrypted, its TLS facts.
     pub fn peer_info(&self) -> &Peer {
         &self.peer
     }
