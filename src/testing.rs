@@ -1294,6 +1294,8 @@ impl SessionDriver {
                         }
                     }
                     Output::Close => self.closed = true,
+                    // The driver runs no TLS: its sessions never offer STARTTLS.
+                    Output::StartTls(reply) => self.replies.push(reply),
                 }
             }
         }

@@ -1,6 +1,6 @@
 //! The buffered, terminator-framed channel: asynchat's `async_chat`, on the reactor.
 //!
-//! A [`Chat`] owns a [`Transport`] (a [`Socket`]: TCP or unix-domain now, TLS later; a pipe, a
+//! A [`Chat`] owns a [`Transport`] (a [`Socket`]: TCP, unix-domain or TLS over either; a pipe, a
 //! [`FileStream`](crate::reactor::FileStream)), the unframed leftover of its input, the current
 //! [`Terminator`] and an output queue. Its owner supplies the protocol as a
 //! [`ChatHandler`]: `collect_incoming_data` receives input up to the terminator, as it arrives;
@@ -34,7 +34,12 @@
 
 mod outbuf;
 mod terminator;
+#[cfg(feature = "tls")]
+mod tls;
 mod transport;
+
+#[cfg(feature = "tls")]
+pub use tls::TlsStream;
 
 pub use outbuf::Producer;
 pub use terminator::Terminator;
@@ -425,7 +430,10 @@ impl<T: Transport> Chat<T> {
         let mut budget = self.ctl.options.read_budget;
         while self.wants_read() && budget > 0 {
             let want = budget.min(scratch.len());
-            match self.transport.read(&mut scratch[..want]) {
+            let read = self.transport.read(&mut scratch[..want]);
+            // What the read established (a TLS handshake) is known before its input is framed.
+            self.deliver_notices(handler, ctx);
+            match read {
                 Ok(0) => self.peer_closed = true,
                 Ok(n) => {
                     budget -= n;
@@ -458,6 +466,13 @@ impl<T: Transport> Chat<T> {
             }
         }
         put_scratch(scratch);
+    }
+
+    /// Hands the transport's notices ([`Transport::take_notice`]) to the handler.
+    fn deliver_notices<H: ChatHandler>(&mut self, handler: &mut H, ctx: &mut Ctx<'_>) {
+        while let Some(notice) = self.transport.take_notice() {
+            handler.on_notify(&mut self.ctl, ctx, notice);
+        }
     }
 
     /// `handle_write`: sends queued output, then the transport's own, until done or
@@ -544,6 +559,7 @@ impl<T: Transport> Chat<T> {
         if self.dead {
             return;
         }
+        self.deliver_notices(handler, ctx);
         self.switch_if_flushed(ctx);
         if self.dead {
             return;

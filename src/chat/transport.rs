@@ -1,5 +1,5 @@
 //! [`Transport`]: what a [`Chat`](super::Chat) reads from and writes to, and [`Socket`], the
-//! transport of network channels (TCP or unix-domain now; TLS goes next to them).
+//! transport of network channels (TCP, unix-domain, or TLS over either: `Socket::Tls`, feature `tls`).
 
 use std::any::{type_name, Any};
 use std::fmt;
@@ -115,6 +115,14 @@ pub trait Transport: Read + Write + Source + 'static {
     fn finish_connect(&mut self) -> io::Result<bool> {
         Ok(true)
     }
+
+    /// A notice for the chat's handler, taken once: the chat asks after every read (before
+    /// framing what was read) and after every hook, and hands what it gets to
+    /// [`ChatHandler::on_notify`](super::ChatHandler::on_notify). The TLS layer reports its
+    /// finished handshake this way (a [`TlsInfo`](crate::smtp::TlsInfo)). Default: none.
+    fn take_notice(&mut self) -> Option<Box<dyn Any>> {
+        None
+    }
 }
 
 impl<T: Transport + ?Sized> Transport for Box<T> {
@@ -132,6 +140,9 @@ impl<T: Transport + ?Sized> Transport for Box<T> {
     }
     fn finish_connect(&mut self) -> io::Result<bool> {
         (**self).finish_connect()
+    }
+    fn take_notice(&mut self) -> Option<Box<dyn Any>> {
+        (**self).take_notice()
     }
 }
 
@@ -214,15 +225,18 @@ impl fmt::Display for Endpoint {
 /// replaced it in place ([`Socket::layer`], run from a
 /// [`switch_transport_when_flushed`](super::ChatCtl::switch_transport_when_flushed)).
 ///
-/// TLS (rustls) becomes one more variant here, entered the same way after `220 Ready to start
-/// TLS` has been flushed.
+/// TLS (rustls, feature `tls`) is one more variant, entered the same way after `220 Ready to
+/// start TLS` has been flushed ([`Socket::start_tls`]).
 #[non_exhaustive]
 pub enum Socket {
     /// A TCP connection.
     Tcp(TcpStream),
     /// A unix-domain stream connection.
     Unix(UnixStream),
-    // The TLS variant goes here: `Tls(Box<TlsTransport>)`, holding the socket it runs over.
+    /// A server-side TLS layer over a socket (boxed: rustls' state stays out of plaintext
+    /// connections).
+    #[cfg(feature = "tls")]
+    Tls(Box<super::tls::TlsStream>),
     /// Any layer over a socket (it owns the socket it wraps and forwards registration to it).
     Layered(Box<dyn Transport>),
 }
@@ -268,7 +282,28 @@ impl Socket {
         match self {
             Socket::Tcp(s) => s,
             Socket::Unix(s) => s,
+            #[cfg(feature = "tls")]
+            Socket::Tls(t) => &mut **t,
             Socket::Layered(t) => &mut **t,
+        }
+    }
+
+    fn inner_ref(&self) -> &dyn Transport {
+        match self {
+            Socket::Tcp(s) => s,
+            Socket::Unix(s) => s,
+            #[cfg(feature = "tls")]
+            Socket::Tls(t) => &**t,
+            Socket::Layered(t) => &**t,
+        }
+    }
+
+    /// The TLS layer, once the socket runs TLS.
+    #[cfg(feature = "tls")]
+    pub fn as_tls(&self) -> Option<&super::tls::TlsStream> {
+        match self {
+            Socket::Tls(t) => Some(t),
+            _ => None,
         }
     }
 }
@@ -290,6 +325,8 @@ impl fmt::Debug for Socket {
         match self {
             Socket::Tcp(s) => f.debug_tuple("Tcp").field(s).finish(),
             Socket::Unix(s) => f.debug_tuple("Unix").field(s).finish(),
+            #[cfg(feature = "tls")]
+            Socket::Tls(t) => f.debug_tuple("Tls").field(t).finish(),
             Socket::Layered(_) => f.write_str("Layered(..)"),
         }
     }
@@ -300,6 +337,8 @@ impl Read for Socket {
         match self {
             Socket::Tcp(s) => s.read(buf),
             Socket::Unix(s) => s.read(buf),
+            #[cfg(feature = "tls")]
+            Socket::Tls(t) => t.read(buf),
             Socket::Layered(t) => t.read(buf),
         }
     }
@@ -310,6 +349,8 @@ impl Write for Socket {
         match self {
             Socket::Tcp(s) => s.write(buf),
             Socket::Unix(s) => s.write(buf),
+            #[cfg(feature = "tls")]
+            Socket::Tls(t) => t.write(buf),
             Socket::Layered(t) => t.write(buf),
         }
     }
@@ -347,21 +388,28 @@ impl Transport for Socket {
     fn wants_write(&self) -> bool {
         match self {
             Socket::Tcp(_) | Socket::Unix(_) => false,
-            Socket::Layered(t) => t.wants_write(),
+            other => other.inner_ref().wants_write(),
         }
     }
 
     fn has_buffered_input(&self) -> bool {
         match self {
             Socket::Tcp(_) | Socket::Unix(_) => false,
-            Socket::Layered(t) => t.has_buffered_input(),
+            other => other.inner_ref().has_buffered_input(),
         }
     }
 
     fn short_read_drains(&self) -> bool {
         match self {
             Socket::Tcp(_) | Socket::Unix(_) => true,
-            Socket::Layered(t) => t.short_read_drains(),
+            other => other.inner_ref().short_read_drains(),
+        }
+    }
+
+    fn take_notice(&mut self) -> Option<Box<dyn Any>> {
+        match self {
+            Socket::Tcp(_) | Socket::Unix(_) => None,
+            other => other.inner().take_notice(),
         }
     }
 
@@ -382,7 +430,7 @@ impl Transport for Socket {
 
 /// The stand-in while [`Socket::layer`] runs (and after it failed): no descriptor, every
 /// operation fails.
-struct Gone;
+pub(super) struct Gone;
 
 fn gone() -> io::Error {
     io::Error::new(

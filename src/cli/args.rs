@@ -70,6 +70,8 @@ pub struct Options {
     /// DebuggingServer's capture options (`--maildir`, `--mbox`, `--jsonl`, `--print`,
     /// `--keep`) and the faults (`--fault`, any class).
     pub capture: CaptureOptions,
+    /// The `--tls-*`, `--require-starttls` and `--implicit-tls` options.
+    pub tls: TlsOptions,
 }
 
 /// Where DebuggingServer keeps messages and what it prints; the faults in front of any class.
@@ -99,6 +101,22 @@ impl CaptureOptions {
             || self.print.is_some()
             || self.keep.is_some()
     }
+}
+
+/// TLS on the listener, from the command line (feature `tls`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct TlsOptions {
+    /// `--tls-cert FILE`: the certificate chain (PEM, leaf first).
+    pub cert: Option<PathBuf>,
+    /// `--tls-key FILE`: its private key (PEM).
+    pub key: Option<PathBuf>,
+    /// `--require-starttls`: refuse mail before STARTTLS (`530 5.7.0`).
+    pub require_starttls: bool,
+    /// `--implicit-tls`: TLS from the first byte (RFC 8314), no STARTTLS.
+    pub implicit: bool,
+    /// `--tls-handshake-timeout SECS` (at least 1).
+    pub handshake_timeout: Option<u64>,
 }
 
 /// Where `--mailman-lmtp` points, as given (a host name is resolved at start-up, not here).
@@ -176,6 +194,7 @@ impl Default for Options {
             mailman2_prefix: None,
             mailman_suffixes: None,
             mailman_domain: None,
+            tls: TlsOptions::default(),
         }
     }
 }
@@ -260,6 +279,8 @@ enum Section {
     Mailman,
     /// DebuggingServer's capture options and the faults.
     Debugging,
+    /// TLS on the listener.
+    Tls,
 }
 
 impl Section {
@@ -279,6 +300,7 @@ stored is answered 451 4.3.0; see docs/testing.md:\n\n"
                 "MailmanProxy options (not in Python's smtpd). List mail goes to Mailman,
 everything else is relayed upstream as PureProxy (live) relays it:\n\n"
             }
+            Section::Tls => "TLS options (not in Python's smtpd):\n\n",
         }
     }
 }
@@ -828,6 +850,64 @@ never a name with a dash. mailman3: also -bounces, -confirm,
         section: Section::Mailman,
         help: "Mailman 3: ask about lists in DOMAIN whatever the recipient's
 domain (CPython ignored it). Default: the recipient's domain.",
+    },
+    // TLS on the listener.
+    OptSpec {
+        short: None,
+        long: "tls-cert",
+        action: Action::Value {
+            metavar: "FILE",
+            set: |o, v| {
+                o.tls.cert = Some(PathBuf::from(v));
+                Ok(())
+            },
+        },
+        section: Section::Tls,
+        help: "certificate chain (PEM, leaf first); with --tls-key, EHLO
+offers STARTTLS (RFC 3207); SIGHUP reloads both files",
+    },
+    OptSpec {
+        short: None,
+        long: "tls-key",
+        action: Action::Value {
+            metavar: "FILE",
+            set: |o, v| {
+                o.tls.key = Some(PathBuf::from(v));
+                Ok(())
+            },
+        },
+        section: Section::Tls,
+        help: "the certificate's private key (PEM)",
+    },
+    OptSpec {
+        short: None,
+        long: "require-starttls",
+        action: Action::Flag(|o| o.tls.require_starttls = true),
+        section: Section::Tls,
+        help: "before STARTTLS serve only EHLO, HELO, NOOP, RSET, QUIT
+(the rest get 530); not for a public MX",
+    },
+    OptSpec {
+        short: None,
+        long: "implicit-tls",
+        action: Action::Flag(|o| o.tls.implicit = true),
+        section: Section::Tls,
+        help: "TLS from the first byte (RFC 8314, port 465) instead of STARTTLS",
+    },
+    OptSpec {
+        short: None,
+        long: "tls-handshake-timeout",
+        action: Action::Value {
+            metavar: "SECS",
+            set: |o, v| {
+                let n = number(v)?;
+                o.tls.handshake_timeout =
+                    Some(Some(n).filter(|&n| n > 0).ok_or(BadValue::Invalid)?);
+                Ok(())
+            },
+        },
+        section: Section::Tls,
+        help: "time allowed for a TLS handshake (default 10)",
     },
 ];
 

@@ -9,7 +9,7 @@ mod args;
 
 pub use args::{
     parse_args, parse_spec, usage_text, CaptureOptions, CliError, Limits, LmtpTarget, Options,
-    Parsed,
+    Parsed, TlsOptions,
 };
 
 use std::cell::RefCell;
@@ -275,6 +275,62 @@ fn apply_limits(limits: &Limits, o: &mut ServerOptions) {
     }
 }
 
+/// SIGHUP: loads `--tls-cert` and `--tls-key` again; a bad new pair is refused with a log
+/// line and the certificate in use is kept.
+#[cfg(feature = "tls")]
+fn reload_tls(
+    reload: Option<&(
+        crate::server::TlsConfig,
+        std::path::PathBuf,
+        std::path::PathBuf,
+    )>,
+) {
+    let Some((tls, cert, key)) = reload else {
+        return;
+    };
+    match tls.reload_pem_files(cert, key) {
+        Ok(()) => log::info!("SIGHUP: reloaded the TLS certificate {}", cert.display()),
+        Err(e) => log::error!("SIGHUP: keeping the TLS certificate in use: {e}"),
+    }
+}
+
+#[cfg(not(feature = "tls"))]
+fn reload_tls<T>(_: Option<&T>) {}
+
+/// Applies the `--tls-*` options: loads the certificate and key (a clear error when they are
+/// missing, unreadable or do not match).
+fn apply_tls(tls: &TlsOptions, o: &mut ServerOptions) -> Result<(), String> {
+    if let Some(secs) = tls.handshake_timeout {
+        o.tls_handshake_timeout = Duration::from_secs(secs);
+    }
+    let (cert, key) = match (&tls.cert, &tls.key) {
+        (None, None) => {
+            if tls.implicit || tls.require_starttls {
+                return Err(
+                    "--implicit-tls and --require-starttls need --tls-cert and --tls-key".into(),
+                );
+            }
+            return Ok(());
+        }
+        (Some(cert), Some(key)) => (cert, key),
+        _ => return Err("Give both --tls-cert and --tls-key".into()),
+    };
+    #[cfg(feature = "tls")]
+    {
+        let config = crate::server::TlsConfig::from_pem_files(cert, key)
+            .map_err(|e| format!("Cannot use the TLS certificate: {e}"))?;
+        o.tls = Some(config);
+        o.implicit_tls = tls.implicit;
+        o.session.require_tls = tls.require_starttls && !tls.implicit;
+        Ok(())
+    }
+    #[cfg(not(feature = "tls"))]
+    {
+        let _ = (cert, key, o);
+        Err("This smtpd was built without TLS (cargo feature `tls`)".into())
+    }
+}
+
 fn resolve(host: &str, port: u16) -> Option<SocketAddr> {
     let host = if host.is_empty() { "0.0.0.0" } else { host };
     (host, port).to_socket_addrs().ok()?.next()
@@ -363,15 +419,26 @@ fn serve(options: &Options, classes: &Classes) -> Result<(), String> {
     server_options.session.product = VERSION.to_string();
     server_options.session.data_size_limit = options.size_limit.unwrap_or(DATA_SIZE_DEFAULT);
     server_options.session.enable_smtputf8 = options.enable_smtputf8;
+    apply_tls(&options.tls, &mut server_options)?;
+    // SIGHUP reloads the certificate and key (only with TLS: otherwise it keeps its default).
+    #[cfg(feature = "tls")]
+    let reload = server_options.tls.clone().and_then(|tls| {
+        let cert = options.tls.cert.clone()?;
+        let key = options.tls.key.clone()?;
+        Some((tls, cert, key))
+    });
+    #[cfg(not(feature = "tls"))]
+    let reload: Option<((), std::path::PathBuf, std::path::PathBuf)> = None;
 
     // The handlers are installed before the listener exists: a signal that arrives as soon as
     // clients can connect is kept (and acted on once the loop runs), never the default kill.
     // This starts no thread.
-    let mut signals = signal_hook::iterator::Signals::new([
-        signal_hook::consts::SIGINT,
-        signal_hook::consts::SIGTERM,
-    ])
-    .map_err(|e| format!("Cannot handle signals: {e}"))?;
+    let mut wanted = vec![signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM];
+    if reload.is_some() {
+        wanted.push(signal_hook::consts::SIGHUP);
+    }
+    let mut signals = signal_hook::iterator::Signals::new(wanted)
+        .map_err(|e| format!("Cannot handle signals: {e}"))?;
     let mut reactor = Reactor::new().map_err(|e| format!("Cannot start the event loop: {e}"))?;
     let listener = Listener::bind(&mut reactor, local, server, server_options)
         .map_err(|e| format!("Cannot listen on {local}: {e}"))?;
@@ -387,6 +454,10 @@ fn serve(options: &Options, classes: &Classes) -> Result<(), String> {
     std::thread::spawn(move || {
         let mut seen = 0;
         for signal in signals.forever() {
+            if signal == signal_hook::consts::SIGHUP {
+                reload_tls(reload.as_ref());
+                continue;
+            }
             seen += 1;
             if seen == 1 {
                 log::info!("signal {signal}: shutting down gracefully");

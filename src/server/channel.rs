@@ -14,13 +14,16 @@ use super::{local_error, Completion, Outcome, ServerCtx, SmtpSession};
 use crate::chat::{ChatCtl, ChatHandler};
 use crate::reactor::{Ctx, TimerId};
 use crate::smtp::{
-    Decision, EnhancedCode, MemoryBudget, Output, Receiver, Reply, Request, Session,
+    Decision, EnhancedCode, MemoryBudget, Output, Receiver, Reply, Request, Session, TlsInfo,
 };
 
-/// Where a connection is. (The PROXY header and the TLS handshake will be phases before
-/// the greeting.)
+/// Where a connection is. (The PROXY header will be a phase before the greeting.)
 #[derive(Debug)]
 enum Phase {
+    /// A TLS handshake runs (after `220 Ready to start TLS`, or at accept when `implicit`)
+    /// until `timer` (the handshake timeout) fires.
+    #[cfg_attr(not(feature = "tls"), allow(dead_code))]
+    TlsHandshake { timer: TimerId, implicit: bool },
     /// The greeting is held back ([`ServerOptions::greeting_delay`](super::ServerOptions))
     /// until `timer` fires; `early`: the client sent something meanwhile.
     GreetingDelay { timer: TimerId, early: bool },
@@ -139,6 +142,10 @@ impl SmtpChannel {
                         chat.close_when_done();
                         self.phase = Phase::Closing;
                     }
+                    Output::StartTls(reply) => {
+                        self.push_reply(chat, &reply);
+                        self.begin_tls(false, chat, ctx);
+                    }
                 }
             }
         }
@@ -148,6 +155,79 @@ impl SmtpChannel {
             let reply = self.closing_reply();
             self.close_with(chat, &reply);
         }
+    }
+
+    /// Switches the transport to TLS once the output queued so far (`220 Ready to start
+    /// TLS`) is out, and starts the handshake timeout.
+    fn begin_tls(&mut self, implicit: bool, chat: &mut ChatCtl, ctx: &mut Ctx<'_>) {
+        #[cfg(feature = "tls")]
+        if let Some(tls) = &self.shared.options.tls {
+            let config = tls.rustls().clone();
+            chat.switch_transport_when_flushed(crate::chat::TransportSwitch::new(
+                move |socket: &mut crate::chat::Socket| socket.start_tls(config),
+            ));
+            if let Some(idle) = self.idle.take() {
+                ctx.cancel_timer(idle);
+            }
+            self.phase = Phase::TlsHandshake {
+                timer: ctx.set_timer(self.shared.options.tls_handshake_timeout),
+                implicit,
+            };
+            return;
+        }
+        // Not reached: sessions offer STARTTLS only with a certificate.
+        let _ = (implicit, &ctx);
+        let reply = Reply::enhanced(
+            454,
+            EnhancedCode::new(4, 7, 0),
+            "TLS not available due to temporary reason",
+        );
+        self.close_with(chat, &reply);
+    }
+
+    /// The handshake finished: the session counts as encrypted and starts afresh (STARTTLS),
+    /// or the connection is greeted over TLS (implicit TLS).
+    fn tls_ready(&mut self, info: TlsInfo, chat: &mut ChatCtl, ctx: &mut Ctx<'_>) {
+        let Phase::TlsHandshake { timer, implicit } = self.phase else {
+            return;
+        };
+        ctx.cancel_timer(timer);
+        log::info!("{}: TLS established: {info}", self.peer());
+        self.receiver.tls_established(info);
+        if implicit {
+            self.open_and_greet(chat, ctx);
+        } else {
+            self.phase = Phase::Smtp;
+            self.arm_idle(ctx);
+        }
+    }
+
+    /// Opens the hooks' session, then greets (after the greeting delay, if any).
+    fn open_and_greet(&mut self, chat: &mut ChatCtl, ctx: &mut Ctx<'_>) {
+        self.phase = Phase::Smtp;
+        let peer = self.peer();
+        let shared = self.shared.clone();
+        let info = self.receiver.session().peer_info();
+        let opened = catch_unwind(AssertUnwindSafe(|| {
+            shared.backend.borrow_mut().open_session(info)
+        }));
+        match opened {
+            Ok(hooks) => self.hooks = Some(hooks),
+            Err(_) => {
+                log::error!("{peer}: open_session panicked; refusing the connection");
+                let reply = Reply::new(421, "Service not available, closing transmission channel");
+                return self.close_with(chat, &reply);
+            }
+        }
+        if let Some(delay) = self.shared.options.greeting_delay {
+            self.phase = Phase::GreetingDelay {
+                timer: ctx.set_timer(delay),
+                early: false,
+            };
+            self.arm_idle(ctx);
+            return;
+        }
+        self.start_session(chat, ctx);
     }
 
     /// Starts the DATA deadlines when the body begins, stops them when it is over. While they
@@ -392,6 +472,12 @@ impl SmtpChannel {
                 let reply = self.closing_reply();
                 self.close_with(chat, &reply);
             }
+            Phase::TlsHandshake { timer, .. } => {
+                // Nothing can be said mid-handshake.
+                ctx.cancel_timer(timer);
+                self.phase = Phase::Closing;
+                ctx.close();
+            }
             Phase::ShuttingDown { .. } | Phase::Closing => {}
         }
     }
@@ -422,12 +508,18 @@ fn describe(peer: SocketAddr, request: &Request) -> String {
         Request::Mail(check) => format!("{peer} MAIL <{}>", check.address),
         Request::Rcpt(check) => format!("{peer} RCPT <{}>", check.address),
         Request::Command(check) => format!("{peer} command {}", check.verb),
-        Request::Message(message) => format!(
-            "{peer} from=<{}> to={:?} size={}",
-            message.mail_from,
-            message.rcpt_tos,
-            message.data.len()
-        ),
+        Request::Message(message) => {
+            let mut line = format!(
+                "{peer} from=<{}> to={:?} size={}",
+                message.mail_from,
+                message.rcpt_tos,
+                message.data.len()
+            );
+            if let Some(tls) = &message.tls {
+                line.push_str(&format!(" tls {tls}"));
+            }
+            line
+        }
     }
 }
 
@@ -467,7 +559,8 @@ impl ChatHandler for SmtpChannel {
                 }
                 return Some(data.len());
             }
-            Phase::Closing => return Some(data.len()),
+            // No plaintext comes before the handshake is over; nothing before it counts.
+            Phase::Closing | Phase::TlsHandshake { .. } => return Some(data.len()),
             Phase::Smtp | Phase::ShuttingDown { .. } => {}
         }
         if self.receiver.in_data() {
@@ -479,7 +572,7 @@ impl ChatHandler for SmtpChannel {
         let mut used = 0;
         // Decisions answered at once let the receiver go on with the same input; a deferred
         // one pauses the chat, which keeps the rest.
-        while used < data.len() && !chat.is_paused() && !chat.is_closing() {
+        while used < data.len() && !chat.is_paused() && !chat.is_closing() && !chat.is_switching() {
             let mut budget = DataBudget(&self.shared);
             used += self
                 .receiver
@@ -499,35 +592,22 @@ impl ChatHandler for SmtpChannel {
     }
 
     fn on_start(&mut self, chat: &mut ChatCtl, ctx: &mut Ctx<'_>) {
-        let peer = self.peer();
-        log::debug!("{peer} connected");
+        log::debug!("{} connected", self.peer());
         self.guard.register(ctx.handle());
-        let shared = self.shared.clone();
-        let info = self.receiver.session().peer_info();
-        let opened = catch_unwind(AssertUnwindSafe(|| {
-            shared.backend.borrow_mut().open_session(info)
-        }));
-        match opened {
-            Ok(hooks) => self.hooks = Some(hooks),
-            Err(_) => {
-                log::error!("{peer}: open_session panicked; refusing the connection");
-                let reply = Reply::new(421, "Service not available, closing transmission channel");
-                return self.close_with(chat, &reply);
-            }
+        #[cfg(feature = "tls")]
+        if self.shared.options.implicit_tls {
+            // RFC 8314: the handshake first; the session opens with the TLS facts known.
+            return self.begin_tls(true, chat, ctx);
         }
-        if let Some(delay) = self.shared.options.greeting_delay {
-            self.phase = Phase::GreetingDelay {
-                timer: ctx.set_timer(delay),
-                early: false,
-            };
-            self.arm_idle(ctx);
-            return;
-        }
-        self.start_session(chat, ctx);
+        self.open_and_greet(chat, ctx);
     }
 
     fn on_timer(&mut self, chat: &mut ChatCtl, ctx: &mut Ctx<'_>, timer: TimerId) {
-        if self.idle == Some(timer) {
+        if matches!(self.phase, Phase::TlsHandshake { timer: t, .. } if t == timer) {
+            log::info!("{}: TLS handshake timed out; closing", self.peer());
+            self.phase = Phase::Closing;
+            ctx.close();
+        } else if self.idle == Some(timer) {
             self.idle = None;
             log::info!("{}: idle timeout", self.peer());
             let reply = self.timeout_reply();
@@ -568,6 +648,11 @@ impl ChatHandler for SmtpChannel {
             Ok(completion) => return self.complete(*completion, chat, ctx),
             Err(other) => other,
         };
+        // The transport's notice: the TLS handshake is over.
+        let message = match message.downcast::<TlsInfo>() {
+            Ok(info) => return self.tls_ready(*info, chat, ctx),
+            Err(other) => other,
+        };
         match message.downcast::<ChannelShutdown>() {
             Ok(shutdown) => self.begin_shutdown(shutdown.grace, chat, ctx),
             Err(_) => log::debug!("{}: notification of an unknown type ignored", self.peer()),
@@ -586,7 +671,7 @@ impl ChatHandler for SmtpChannel {
         // Timers of a closed dispatcher would be dropped when due; cancelling frees them now.
         let data_timer = self.data_clock.take().map(|c| c.timer);
         let phase_timer = match self.phase {
-            Phase::GreetingDelay { timer, .. } => Some(timer),
+            Phase::GreetingDelay { timer, .. } | Phase::TlsHandshake { timer, .. } => Some(timer),
             Phase::ShuttingDown { grace } => grace,
             Phase::Smtp | Phase::Closing => None,
         };

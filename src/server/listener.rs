@@ -107,7 +107,24 @@ impl Listener {
             .validate()
             .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e.to_string()))?;
         let local_addr = listener.local_addr()?;
-        let config = session_config(&options.session, &*server);
+        #[cfg(feature = "tls")]
+        if options.implicit_tls && options.tls.is_none() {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "implicit TLS needs a certificate (ServerOptions::tls)",
+            ));
+        }
+        let mut config = session_config(&options.session, &*server);
+        #[cfg(feature = "tls")]
+        {
+            config.starttls = options.tls.is_some() && !options.implicit_tls;
+        }
+        #[cfg(not(feature = "tls"))]
+        {
+            config.starttls = false;
+        }
+        // Requiring TLS means something only where STARTTLS is offered.
+        config.require_tls = config.require_tls && config.starttls;
         let shared = Rc::new(ListenerShared::new(options, config, server));
         let accept_shared = shared.clone();
         let on_accept: AcceptFn = Box::new(move |mut stream, peer, ctx| {

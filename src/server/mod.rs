@@ -40,6 +40,8 @@ mod listener;
 mod session;
 mod shared;
 mod spawn;
+#[cfg(feature = "tls")]
+mod tls;
 
 pub use crate::smtp::{EnhancedCode, Message, Param, Peer, Recipient, Reply};
 #[cfg(feature = "testing")]
@@ -49,6 +51,8 @@ pub use listener::{Listener, Shutdown};
 pub(crate) use session::ask;
 pub use session::{Backend, SmtpSession};
 pub use spawn::{spawn, ServerHandle, ShutdownTrigger, SHUTDOWN_MARGIN};
+#[cfg(feature = "tls")]
+pub use tls::{TlsConfig, TlsConfigError};
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc;
@@ -199,6 +203,9 @@ pub struct HeloRequest<'a> {
     pub name: &'a str,
     /// `EHLO` rather than `HELO`.
     pub extended: bool,
+    /// The TLS facts when the connection is encrypted (after STARTTLS or on an
+    /// implicit-TLS listener).
+    pub tls: Option<&'a crate::smtp::TlsInfo>,
 }
 
 impl<'a> HeloRequest<'a> {
@@ -209,6 +216,7 @@ impl<'a> HeloRequest<'a> {
             peer,
             name,
             extended,
+            tls: None,
         }
     }
 }
@@ -225,6 +233,9 @@ pub struct CommandRequest<'a> {
     pub verb: &'a str,
     /// The rest of the line.
     pub arg: &'a str,
+    /// The TLS facts when the connection is encrypted (after STARTTLS or on an
+    /// implicit-TLS listener).
+    pub tls: Option<&'a crate::smtp::TlsInfo>,
 }
 
 impl<'a> CommandRequest<'a> {
@@ -241,6 +252,7 @@ impl<'a> CommandRequest<'a> {
             helo,
             verb,
             arg,
+            tls: None,
         }
     }
 }
@@ -273,6 +285,9 @@ pub struct AddressRequest<'a> {
     pub mail_params: &'a [Param],
     /// Recipients accepted so far in this transaction, each with its RCPT parameters.
     pub recipients: &'a [Recipient],
+    /// The TLS facts when the connection is encrypted (after STARTTLS or on an
+    /// implicit-TLS listener).
+    pub tls: Option<&'a crate::smtp::TlsInfo>,
 }
 
 impl<'a> AddressRequest<'a> {
@@ -291,6 +306,7 @@ impl<'a> AddressRequest<'a> {
             params: &[],
             mail_params: &[],
             recipients: &[],
+            tls: None,
         }
     }
 
@@ -308,6 +324,7 @@ impl<'a> AddressRequest<'a> {
             params: &[],
             mail_params: &[],
             recipients: &[],
+            tls: None,
         }
     }
 
@@ -714,6 +731,19 @@ pub struct ServerOptions {
     /// [`LISTEN_BACKLOG`](crate::reactor::LISTEN_BACKLOG) (1024; the kernel caps it at
     /// `net.core.somaxconn`).
     pub backlog: i32,
+    /// The certificate and key: with it, EHLO offers STARTTLS (RFC 3207), or with
+    /// [`implicit_tls`](Self::implicit_tls) every connection starts with a TLS handshake.
+    /// [`Config::require_tls`] in [`session`](Self::session) then refuses mail before TLS.
+    /// `None` (the default): no TLS, CPython's dialogue.
+    #[cfg(feature = "tls")]
+    pub tls: Option<TlsConfig>,
+    /// Implicit TLS (RFC 8314, "submissions", port 465): the handshake starts at accept and
+    /// the greeting goes out over TLS; STARTTLS is not offered. Needs [`tls`](Self::tls).
+    #[cfg(feature = "tls")]
+    pub implicit_tls: bool,
+    /// The longest a TLS handshake (after STARTTLS, or at accept) may take; the connection is
+    /// then closed. Default 10 seconds.
+    pub tls_handshake_timeout: Duration,
 }
 
 /// `127.0.0.0/8` and `::1/128`: the default [`ServerOptions::trusted_networks`].
@@ -747,6 +777,11 @@ impl Default for ServerOptions {
             trusted_networks: loopback_networks(),
             data_memory_limit: DATA_MEMORY_LIMIT,
             backlog: crate::reactor::LISTEN_BACKLOG,
+            #[cfg(feature = "tls")]
+            tls: None,
+            #[cfg(feature = "tls")]
+            implicit_tls: false,
+            tls_handshake_timeout: Duration::from_secs(10),
         }
     }
 }

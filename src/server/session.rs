@@ -66,7 +66,8 @@ pub trait SmtpSession: 'static {
     /// greets with the `220` line; a `2xx` reply greets with that reply instead; any other
     /// reply (`554 No service for you`) is sent instead of the greeting and the connection
     /// closes. It may defer (a reputation lookup): the client then waits for the greeting.
-    /// `peer` is what is known about the client (its address; later its TLS and PROXY facts).
+    /// `peer` is what is known about the client (its address; on an implicit-TLS listener its
+    /// TLS facts, [`Peer::tls`]).
     fn on_connect(&mut self, _peer: &Peer, _cx: &mut ServerCtx<'_, '_>) -> Outcome {
         Outcome::Accept
     }
@@ -112,8 +113,9 @@ pub trait SmtpSession: 'static {
 /// `Rc<RefCell<S>>` for any [`SmtpServer`] `S` (also `dyn SmtpServer`) is a backend whose
 /// sessions forward every hook to the shared server; `Box<B>` of a backend is one too.
 pub trait Backend: 'static {
-    /// A session for a new connection from `peer` (its address, [`Peer::addr`]; later also
-    /// the TLS and PROXY facts). Called when the connection starts, before
+    /// A session for a new connection from `peer` (its address, [`Peer::addr`]; on an
+    /// implicit-TLS listener, after the handshake, its TLS facts, [`Peer::tls`]; after
+    /// STARTTLS the hooks' requests and the [`Message`] carry them). Called before
     /// [`SmtpSession::on_connect`]; a panic here refuses the connection with `421`.
     fn open_session(&mut self, peer: &Peer) -> Box<dyn SmtpSession>;
 
@@ -218,6 +220,7 @@ pub(crate) fn ask(
     let peer = session.peer();
     let helo = session.helo();
     let envelope = session.envelope();
+    let tls = session.peer_info().tls.as_deref();
     match request {
         Request::Connect => hooks.on_connect(session.peer_info(), cx),
         Request::Helo(check) => {
@@ -225,6 +228,7 @@ pub(crate) fn ask(
                 peer,
                 name: &check.name,
                 extended: check.extended,
+                tls,
             };
             hooks.on_helo(&request, cx)
         }
@@ -240,6 +244,7 @@ pub(crate) fn ask(
                 params: &check.params,
                 mail_params: envelope.map_or(&check.params, |e| &e.mail_params),
                 recipients: envelope.map_or(&[], |e| &e.recipients),
+                tls,
             };
             if matches!(request, Request::Mail(_)) {
                 hooks.on_mail(&address, cx)
@@ -253,6 +258,7 @@ pub(crate) fn ask(
                 helo,
                 verb: &check.verb,
                 arg: &check.arg,
+                tls,
             };
             hooks.on_command(&request, cx)
         }

@@ -56,16 +56,21 @@ pub(crate) fn count_received(data: &[u8]) -> usize {
 }
 
 /// A `Received:` trace header (RFC 5321 4.4), CRLF-terminated, folded over three lines.
+/// `tls`: the message came over TLS, which makes an ESMTP `with ESMTPS` (RFC 3848).
 pub(crate) fn received_header(
     helo: Option<&str>,
     peer_ip: &str,
     by: &str,
-    esmtp: bool,
+    (esmtp, tls): (bool, bool),
     single_rcpt: Option<&str>,
     now: SystemTime,
 ) -> String {
     let from = helo.unwrap_or("unknown");
-    let with = if esmtp { "ESMTP" } else { "SMTP" };
+    let with = match (esmtp, tls) {
+        (true, true) => "ESMTPS",
+        (true, false) => "ESMTP",
+        (false, _) => "SMTP",
+    };
     let rcpt = single_rcpt
         .map(|r| format!(" for <{r}>"))
         .unwrap_or_default();
@@ -163,7 +168,7 @@ mod tests {
             Some("client.example"),
             "127.0.0.1",
             "relay.example",
-            true,
+            (true, false),
             Some("b@example.com"),
             UNIX_EPOCH,
         );
@@ -171,5 +176,13 @@ mod tests {
             h,
             "Received: from client.example (127.0.0.1)\r\n\tby relay.example (smtpd-rs) with ESMTP for <b@example.com>;\r\n\tThu, 01 Jan 1970 00:00:00 -0000\r\n"
         );
+    }
+
+    #[test]
+    fn received_header_over_tls_says_esmtps() {
+        let h = received_header(None, "127.0.0.1", "r", (true, true), None, UNIX_EPOCH);
+        assert!(h.contains(" with ESMTPS;"), "{h}");
+        let h = received_header(None, "127.0.0.1", "r", (false, true), None, UNIX_EPOCH);
+        assert!(h.contains(" with SMTP;"), "{h}");
     }
 }

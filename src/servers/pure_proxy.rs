@@ -275,7 +275,7 @@ pub(super) fn trace_header(hostname: &str, message: &Message) -> String {
         message.helo.as_deref(),
         &message.peer.ip().to_string(),
         hostname,
-        true,
+        (true, message.tls.is_some()),
         single,
         SystemTime::now(),
     )

@@ -19,6 +19,7 @@ pub(crate) enum Verb {
     Help,
     Vrfy,
     Expn,
+    Starttls,
 }
 
 impl Verb {
@@ -36,6 +37,7 @@ impl Verb {
             "HELP" => Verb::Help,
             "VRFY" => Verb::Vrfy,
             "EXPN" => Verb::Expn,
+            "STARTTLS" => Verb::Starttls,
             _ => return None,
         })
     }

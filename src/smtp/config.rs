@@ -84,6 +84,14 @@ pub struct Config {
     /// The EHLO keywords after the hostname line, replacing the default list
     /// ([`default_ehlo_keywords`]) when set.
     pub ehlo_keywords: Option<Vec<String>>,
+    /// Offer STARTTLS (RFC 3207): EHLO lists it before TLS, and the command answers
+    /// `220 2.0.0 Ready to start TLS` with [`Output::StartTls`](super::Output::StartTls).
+    /// Off (the default), `STARTTLS` is an unknown command, as in CPython. Set it only when
+    /// the caller can run a TLS handshake.
+    pub starttls: bool,
+    /// Before TLS, serve only EHLO, HELO, NOOP, RSET, QUIT and STARTTLS; everything else gets
+    /// `530 5.7.0 Must issue a STARTTLS command first` (RFC 3207 4; never on a public MX).
+    pub require_tls: bool,
 }
 
 impl Default for Config {
@@ -104,6 +112,8 @@ impl Default for Config {
             check_rcpt: false,
             custom_verbs: Vec::new(),
             ehlo_keywords: None,
+            starttls: false,
+            require_tls: false,
         }
     }
 }

@@ -61,7 +61,7 @@ pub use config::{
     SIZE_EXTENSION_BYTES, SMTPUTF8_EXTENSION_BYTES,
 };
 pub use param::{Param, Recipient};
-pub use peer::Peer;
+pub use peer::{Peer, TlsInfo};
 pub use receiver::{MemoryBudget, Receiver};
 pub use reply::{EnhancedCode, ParseEnhancedCodeError, Reply};
 pub use session::{

@@ -151,7 +151,16 @@ impl Receiver {
     /// Whether the receiver takes input now: false while a request waits for its decision
     /// and after the session closed.
     pub fn wants_input(&self) -> bool {
-        !self.session.is_waiting() && !self.session.is_closed()
+        !self.session.is_waiting() && !self.session.is_closed() && !self.session.is_handshaking()
+    }
+
+    /// The TLS handshake after [`Output::StartTls`] (or at accept, on an implicit-TLS
+    /// listener) finished: as [`Session::tls_established`], and framing starts afresh.
+    pub fn tls_established(&mut self, info: super::TlsInfo) {
+        self.session.tls_established(info);
+        self.position = Position::Line { cr: false };
+        self.unit = Vec::new();
+        self.discard = None;
     }
 
     /// Whether the input being received is message data (after `354`).
@@ -190,6 +199,16 @@ impl Receiver {
                 Position::Data { .. } => self.body(rest, budget, out),
             };
             self.sync_position();
+        }
+        if self.session.is_handshaking() && used < data.len() {
+            // RFC 3207 (the CVE-2011-0411 class): input pipelined after STARTTLS came in
+            // plaintext and is never executed.
+            log::info!(
+                "{}: discarded {} bytes pipelined after STARTTLS",
+                self.session.peer(),
+                data.len() - used
+            );
+            used = data.len();
         }
         used
     }

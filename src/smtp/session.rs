@@ -12,7 +12,7 @@ use super::config::{
 };
 use super::data::{self, DataError, DataPolicy};
 use super::param::{Param, Recipient};
-use super::peer::Peer;
+use super::peer::{Peer, TlsInfo};
 use super::replies;
 use super::reply::{echo, EnhancedCode, Reply};
 
@@ -28,13 +28,37 @@ fn helo_reply(config: &Config) -> Reply {
 
 /// The multi-line reply to EHLO: the hostname, then [`Config::ehlo_keywords`] or
 /// [`default_ehlo_keywords`].
-fn ehlo_reply(config: &Config) -> Reply {
+/// `STARTTLS` is listed (before a final `HELP`) when `starttls` says so: configured and not
+/// yet encrypted.
+fn ehlo_reply(config: &Config, starttls: bool) -> Reply {
     let mut lines = vec![config.hostname.clone()];
     match &config.ehlo_keywords {
         Some(keywords) => lines.extend(keywords.iter().cloned()),
         None => lines.extend(default_ehlo_keywords(config)),
     }
+    if starttls {
+        let at = match lines.last() {
+            Some(last) if lines.len() > 1 && last == "HELP" => lines.len() - 1,
+            _ => lines.len(),
+        };
+        lines.insert(at, "STARTTLS".to_owned());
+    }
     Reply::multiline(250, lines)
+}
+
+/// `220 2.0.0 Ready to start TLS` (RFC 3207).
+fn ready_to_start_tls() -> Reply {
+    Reply::enhanced(220, EnhancedCode::new(2, 0, 0), "Ready to start TLS")
+}
+
+/// A command other than EHLO, HELO, NOOP, RSET, QUIT and STARTTLS before TLS with
+/// [`Config::require_tls`].
+fn must_starttls() -> Reply {
+    Reply::enhanced(
+        530,
+        EnhancedCode::new(5, 7, 0),
+        "Must issue a STARTTLS command first",
+    )
 }
 
 /// After `max_errors` protocol errors (not in CPython): `421 4.7.0 {hostname} Error: too
@@ -73,6 +97,13 @@ pub enum Output {
     Reset,
     /// Close the connection once everything before it has been sent.
     Close,
+    /// STARTTLS was accepted: send this reply (`220 2.0.0 Ready to start TLS`) in plaintext,
+    /// then run the TLS handshake and call [`Session::tls_established`] (or
+    /// [`Receiver::tls_established`](super::Receiver::tls_established)) when it is done.
+    /// Nothing the client sent after the STARTTLS line may be acted on (RFC 3207, the
+    /// CVE-2011-0411 class): the [`Receiver`](super::Receiver) discards it, and the session
+    /// takes no input until then.
+    StartTls(Reply),
 }
 
 /// What the session asks the caller to decide ([`Output::Decide`]).
@@ -226,6 +257,8 @@ pub struct Message {
     pub mail_params: Vec<Param>,
     /// The accepted recipients, in order, each with its RCPT parameters.
     pub recipients: Vec<Recipient>,
+    /// The TLS facts when the message came over an encrypted connection.
+    pub tls: Option<Box<TlsInfo>>,
 }
 
 impl Message {
@@ -252,6 +285,7 @@ impl Message {
             smtputf8: false,
             mail_params: Vec::new(),
             recipients: Vec::new(),
+            tls: None,
         };
         for rcpt in rcpt_tos {
             message = message.with_recipient(Recipient::new(rcpt, Vec::new()));
@@ -284,6 +318,12 @@ impl Message {
     /// Whether MAIL carried the SMTPUTF8 parameter.
     pub fn with_smtputf8(mut self, smtputf8: bool) -> Message {
         self.smtputf8 = smtputf8;
+        self
+    }
+
+    /// The TLS facts of the connection it came over.
+    pub fn with_tls(mut self, tls: TlsInfo) -> Message {
+        self.tls = Some(Box::new(tls));
         self
     }
 
@@ -346,6 +386,8 @@ enum State {
     },
     /// Reading the message body after `354`.
     Data { envelope: Box<Envelope> },
+    /// `220 Ready to start TLS` was sent: no input until [`Session::tls_established`].
+    Handshake,
     /// QUIT was received, the connection was refused, or the error limit was reached.
     Closed,
 }
@@ -453,7 +495,31 @@ impl Session {
         match &self.state {
             State::Command { envelope } | State::Deciding { envelope, .. } => envelope.as_deref(),
             State::Data { envelope } => Some(envelope),
-            State::Closed => None,
+            State::Closed | State::Handshake => None,
+        }
+    }
+
+    /// Whether the session waits for a TLS handshake after [`Output::StartTls`]: it takes no
+    /// input until [`tls_established`](Self::tls_established).
+    pub fn is_handshaking(&self) -> bool {
+        matches!(self.state, State::Handshake)
+    }
+
+    /// Whether the connection is encrypted (STARTTLS done, or an implicit-TLS listener).
+    pub fn is_tls(&self) -> bool {
+        self.peer.is_tls()
+    }
+
+    /// The TLS handshake finished with `info`: the session now counts as encrypted (EHLO no
+    /// longer lists STARTTLS) and, after STARTTLS, starts afresh as RFC 3207 4.2 requires —
+    /// no HELO/EHLO name, no transaction; the client must greet again. On an implicit-TLS
+    /// listener call it before [`start`](Self::start).
+    pub fn tls_established(&mut self, info: TlsInfo) {
+        log::debug!("smtp {} TLS established: {info}", self.peer.addr);
+        self.peer.tls = Some(Box::new(info));
+        self.greeting = None;
+        if matches!(self.state, State::Handshake) {
+            self.state = State::Command { envelope: None };
         }
     }
 
@@ -489,7 +555,7 @@ impl Session {
         self.peer.addr
     }
 
-    /// What is known about the client: its address, later its TLS and PROXY facts.
+    /// What is known about the client: its address and, once encrypted, its TLS facts.
     pub fn peer_info(&self) -> &Peer {
         &self.peer
     }
@@ -542,7 +608,7 @@ impl Session {
             State::Command { envelope } => envelope,
             State::Data { envelope } => Some(envelope),
             State::Deciding { envelope, .. } => envelope,
-            State::Closed => None,
+            State::Closed | State::Handshake => None,
         };
         self.state = State::Deciding { envelope, what };
         out.push(Output::Decide(request));
@@ -563,7 +629,7 @@ impl Session {
         match self.state {
             State::Command { .. } => {}
             State::Closed => return Ok(()),
-            State::Deciding { .. } => return Err(UsageError::Deciding),
+            State::Deciding { .. } | State::Handshake => return Err(UsageError::Deciding),
             State::Data { .. } => return Err(UsageError::WrongFraming),
         }
         let before = out.len();
@@ -611,6 +677,15 @@ impl Session {
         if line.len() > self.command_limit(&cmd.verb) {
             return push(out, replies::LINE_TOO_LONG);
         }
+        if self.config.require_tls
+            && !self.is_tls()
+            && !matches!(
+                cmd.verb.as_str(),
+                "EHLO" | "HELO" | "NOOP" | "RSET" | "QUIT" | "STARTTLS"
+            )
+        {
+            return push(out, must_starttls());
+        }
         if self.config.custom_verbs.contains(&cmd.verb) {
             let request = Request::Command(CommandCheck {
                 verb: cmd.verb.clone(),
@@ -633,7 +708,13 @@ impl Session {
 
     /// Runs a command the built-in way (unknown verbs get `500`).
     fn run(&mut self, verb: &str, arg: &str, out: &mut Vec<Output>) {
-        let Some(verb) = Verb::from_upper(verb) else {
+        let known = match Verb::from_upper(verb) {
+            // Without a TLS setup STARTTLS is unknown, as in CPython (over implicit TLS it is
+            // "already active").
+            Some(Verb::Starttls) if !self.config.starttls && !self.is_tls() => None,
+            known => known,
+        };
+        let Some(verb) = known else {
             let shown = echo(verb, self.utf8_replies());
             return push(out, replies::command_not_recognized(&shown));
         };
@@ -662,7 +743,33 @@ impl Session {
             Verb::Rset => push(out, replies::RSET_SYNTAX),
             Verb::Data => self.data(arg, out),
             Verb::Expn => push(out, replies::EXPN_NOT_IMPLEMENTED),
+            Verb::Starttls => self.starttls(arg, out),
         }
+    }
+
+    /// STARTTLS (RFC 3207): no parameters, once per connection; the transaction and the
+    /// greeting are forgotten.
+    fn starttls(&mut self, arg: &str, out: &mut Vec<Output>) {
+        if !arg.is_empty() {
+            return push(
+                out,
+                Reply::enhanced(
+                    501,
+                    EnhancedCode::new(5, 5, 4),
+                    "Syntax error (no parameters allowed)",
+                ),
+            );
+        }
+        if self.is_tls() {
+            return push(
+                out,
+                Reply::enhanced(503, EnhancedCode::new(5, 5, 1), "Error: TLS already active"),
+            );
+        }
+        self.reset(out);
+        self.greeting = None;
+        self.state = State::Handshake;
+        out.push(Output::StartTls(ready_to_start_tls()));
     }
 
     fn hello(&mut self, extended: bool, arg: &str, out: &mut Vec<Output>) {
@@ -680,7 +787,10 @@ impl Session {
         self.reset(out);
         self.greeting = Some((arg.to_owned(), extended));
         if extended {
-            push(out, ehlo_reply(&self.config));
+            push(
+                out,
+                ehlo_reply(&self.config, self.config.starttls && !self.is_tls()),
+            );
         } else {
             push(out, helo_reply(&self.config));
         }
@@ -1007,6 +1117,7 @@ impl Session {
                     smtputf8: envelope.smtputf8,
                     mail_params: envelope.mail_params,
                     recipients: envelope.recipients,
+                    tls: self.peer.tls.clone(),
                 })));
             }
             Err(err) => {
@@ -1043,7 +1154,7 @@ impl Session {
                 push(out, replies::TOO_MUCH_DATA);
             }
             State::Closed => {}
-            State::Deciding { .. } => return Err(UsageError::Deciding),
+            State::Deciding { .. } | State::Handshake => return Err(UsageError::Deciding),
         }
         Ok(())
     }

@@ -1657,3 +1657,143 @@ fn session_keeps_its_peer() {
     assert_eq!(s.peer(), peer());
     assert_eq!(s.peer_info(), &Peer::from(peer()));
 }
+
+// ---- STARTTLS ------------------------------------------------------------
+
+fn tls_config() -> Config {
+    Config {
+        starttls: true,
+        ..config()
+    }
+}
+
+fn tls_info() -> TlsInfo {
+    TlsInfo::new(
+        "TLSv1.3",
+        "TLS13_AES_128_GCM_SHA256",
+        Some("mx.test".to_owned()),
+    )
+}
+
+fn ehlo_lines(s: &mut Session) -> Vec<String> {
+    let r = one_reply(s, b"EHLO client.example");
+    assert_eq!(r.code, 250);
+    r.lines.clone()
+}
+
+#[test]
+fn starttls_is_unknown_without_tls_and_listed_only_before_it() {
+    let mut s = session_greeted();
+    assert!(!ehlo_lines(&mut s).iter().any(|l| l == "STARTTLS"));
+    expect(
+        &mut s,
+        "STARTTLS",
+        "500 Error: command \"STARTTLS\" not recognized",
+    );
+
+    let mut s = session_with(tls_config());
+    let lines = ehlo_lines(&mut s);
+    assert_eq!(lines[lines.len() - 2..], ["STARTTLS", "HELP"]);
+    ok(&mut s, "MAIL FROM:<eggs@example>");
+    let mut out = Vec::new();
+    s.feed_line(b"STARTTLS", &mut out).unwrap();
+    // The open transaction ends, the reply asks for the handshake.
+    assert_eq!(
+        out,
+        [
+            Output::Reset,
+            Output::StartTls(Reply::enhanced(
+                220,
+                EnhancedCode::new(2, 0, 0),
+                "Ready to start TLS"
+            ))
+        ]
+    );
+    assert!(s.is_handshaking());
+    assert_eq!(s.feed_line(b"NOOP", &mut out), Err(UsageError::Deciding));
+    s.tls_established(tls_info());
+    assert!(s.is_tls() && !s.is_handshaking());
+    assert_eq!(s.helo(), None);
+    assert!(s.envelope().is_none());
+    expect(
+        &mut s,
+        "MAIL FROM:<eggs@example>",
+        &replies::SEND_HELO_FIRST.line(),
+    );
+    assert!(!ehlo_lines(&mut s).iter().any(|l| l == "STARTTLS"));
+    expect(&mut s, "STARTTLS", "503 5.5.1 Error: TLS already active");
+    expect(
+        &mut s,
+        "STARTTLS x",
+        "501 5.5.4 Syntax error (no parameters allowed)",
+    );
+}
+
+#[test]
+fn require_tls_serves_only_the_allowed_commands_before_tls() {
+    let mut s = session_with(Config {
+        require_tls: true,
+        ..tls_config()
+    });
+    ok(&mut s, "NOOP");
+    ok(&mut s, "RSET");
+    ehlo_lines(&mut s);
+    for line in [
+        "MAIL FROM:<eggs@example>",
+        "VRFY x",
+        "HELP",
+        "DATA",
+        "BOGUS",
+    ] {
+        expect(
+            &mut s,
+            line,
+            "530 5.7.0 Must issue a STARTTLS command first",
+        );
+    }
+    let mut out = Vec::new();
+    s.feed_line(b"STARTTLS", &mut out).unwrap();
+    s.tls_established(tls_info());
+    ehlo_lines(&mut s);
+    ok(&mut s, "MAIL FROM:<eggs@example>");
+}
+
+#[test]
+fn the_receiver_discards_what_follows_starttls() {
+    let session = Session::new(Arc::new(tls_config()), peer());
+    let mut rx = Receiver::new(session);
+    let mut out = Vec::new();
+    rx.start(&mut out);
+    let input =
+        b"EHLO a\r\nSTARTTLS\r\nMAIL FROM:<evil@example>\r\nRCPT TO:<x@example>\r\nDATA\r\npartial";
+    assert_eq!(rx.receive(input, &mut out), input.len());
+    assert!(matches!(out.last(), Some(Output::StartTls(_))));
+    assert!(!rx.wants_input());
+    out.clear();
+    rx.tls_established(tls_info());
+    rx.receive(b"MAIL FROM:<a@example>\r\n", &mut out);
+    assert_eq!(
+        out,
+        [Output::Reply(replies::SEND_HELO_FIRST.reply())],
+        "the injected EHLO must not have run"
+    );
+    assert_eq!(rx.session().peer_info().tls.as_deref(), Some(&tls_info()));
+}
+
+#[test]
+fn messages_carry_the_tls_facts() {
+    let mut s = session_with(tls_config());
+    let mut out = Vec::new();
+    s.feed_line(b"STARTTLS", &mut out).unwrap();
+    s.tls_established(tls_info());
+    ehlo_lines(&mut s);
+    ok(&mut s, "MAIL FROM:<eggs@example>");
+    ok(&mut s, "RCPT TO:<spam@example>");
+    expect(&mut s, "DATA", &replies::START_DATA.line());
+    out.clear();
+    s.feed_data(b"hi", &mut out).unwrap();
+    let Some(Output::Decide(Request::Message(m))) = out.pop() else {
+        panic!("no message")
+    };
+    assert_eq!(m.tls.as_deref(), Some(&tls_info()));
+}
