@@ -562,3 +562,22 @@ c.quit()
     );
     assert!(!stderr.contains("panicked"), "{stderr}");
 }
+
+/// The per-message log line names the null sender as `from=<>`.
+#[test]
+fn the_null_sender_is_logged_as_empty_angle_brackets() {
+    let (proc, port) = start_smtpd(&["-n", "-c", "Sink"]);
+    python_ok(
+        "import smtplib, sys\n\
+         s = smtplib.SMTP('127.0.0.1', int(sys.argv[1]))\n\
+         s.sendmail('<>', ['b@example.com'], 'Subject: bounce\\r\\n\\r\\nx\\r\\n')\n\
+         s.quit()\n",
+        &[&port.to_string()],
+    );
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !proc.stderr().contains("from=<>") && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(proc.stderr().contains("from=<> to="), "{}", proc.stderr());
+    assert!(!proc.stderr().contains("from=<<>>"), "{}", proc.stderr());
+}
