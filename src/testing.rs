@@ -582,8 +582,9 @@ impl TestServer {
 
     /// The first message, among all received so far and those that arrive within `timeout`,
     /// for which `predicate` holds; `None` if none did in time. Blocks the calling thread (not
-    /// the server). Looks at every message, whether or not [`wait_for_message`]
-    /// (Self::wait_for_message) or [`take_messages`](Self::take_messages) handed it out.
+    /// the server). Looks at every message, whether or not
+    /// [`wait_for_message`](Self::wait_for_message) or [`take_messages`](Self::take_messages)
+    /// handed it out.
     ///
     /// ```
     /// use std::time::Duration;
