@@ -16,5 +16,9 @@
 mod relay;
 mod session;
 
-pub use relay::{EventHandler, Relay, RelayCommand, RelayHandler, RelayOptions};
-pub use session::{Capabilities, Client, ClientConfig, Event, MailParams};
+#[cfg(feature = "tls")]
+pub use relay::{system_roots_config, upstream_ca_config};
+pub use relay::{
+    EventHandler, Relay, RelayCommand, RelayHandler, RelayOptions, UpstreamTls, UpstreamTlsMode,
+};
+pub use session::{Capabilities, Client, ClientConfig, Event, MailParams, StartTls};
