@@ -194,7 +194,10 @@ fn send_through(proxy: &Proxy) -> String {
 
 fn message(rx: &mpsc::Receiver<Seen>) -> Message {
     loop {
-        match rx.recv_timeout(Duration::from_secs(10)).expect("no message") {
+        match rx
+            .recv_timeout(Duration::from_secs(10))
+            .expect("no message")
+        {
             Seen::Mail => {}
             Seen::Message(m) => return *m,
         }
@@ -212,7 +215,10 @@ fn nothing_received(rx: &mpsc::Receiver<Seen>) {
 fn off_stays_in_plaintext_even_when_starttls_is_offered() {
     let pki = pki(&["localhost"], "off");
     let (up, rx) = upstream(Some(&pki), false);
-    let proxy = Proxy::start(up.local_addr(), tls(UpstreamTlsMode::Off, &pki, "localhost"));
+    let proxy = Proxy::start(
+        up.local_addr(),
+        tls(UpstreamTlsMode::Off, &pki, "localhost"),
+    );
     assert!(send_through(&proxy).starts_with("250"));
     assert!(message(&rx).tls.is_none());
 }

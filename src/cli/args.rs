@@ -1254,6 +1254,29 @@ mod tests {
     }
 
     #[test]
+    fn upstream_tls_options() {
+        let o = run(&[]);
+        assert_eq!(o.upstream_tls, None);
+        let o = run(&[
+            "--upstream-tls",
+            "required",
+            "--upstream-ca",
+            "/tmp/ca.pem",
+            "--upstream-tls-name=smarthost.example",
+        ]);
+        assert_eq!(
+            o.upstream_tls,
+            Some(crate::client::UpstreamTlsMode::Required)
+        );
+        assert_eq!(o.upstream_ca, Some(PathBuf::from("/tmp/ca.pem")));
+        assert_eq!(o.upstream_tls_name.as_deref(), Some("smarthost.example"));
+        for mode in ["off", "opportunistic", "implicit"] {
+            assert!(run(&["--upstream-tls", mode]).upstream_tls.is_some());
+        }
+        let _ = err(&["--upstream-tls", "sometimes"]);
+    }
+
+    #[test]
     fn limit_options() {
         let o = run(&[
             "--limit-errors",

@@ -120,7 +120,9 @@ pub fn upstream_ca_config(path: &std::path::Path) -> io::Result<Arc<rustls::Clie
     };
     let mut roots = rustls::RootCertStore::empty();
     for cert in CertificateDer::pem_file_iter(path).map_err(|e| what(&e))? {
-        roots.add(cert.map_err(|e| what(&e))?).map_err(|e| what(&e))?;
+        roots
+            .add(cert.map_err(|e| what(&e))?)
+            .map_err(|e| what(&e))?;
     }
     if roots.is_empty() {
         return Err(what(&"no CA certificate in the file"));
@@ -426,7 +428,11 @@ impl RelayHandler {
 
     #[cfg(not(feature = "tls"))]
     fn begin_tls(&mut self, chat: &mut ChatCtl) {
-        log::warn!("relay to {}: TLS for {} is not built in", self.upstream, self.tls_name);
+        log::warn!(
+            "relay to {}: TLS for {} is not built in",
+            self.upstream,
+            self.tls_name
+        );
         self.client.handle_closed("TLS is not built in");
         chat.close_when_done();
     }
@@ -552,8 +558,7 @@ impl ChatHandler for RelayHandler {
         }
         if !self.done {
             if self.tls_pending && self.failure.is_none() {
-                self.failure =
-                    Some("TLS handshake or certificate verification failed".to_owned());
+                self.failure = Some("TLS handshake or certificate verification failed".to_owned());
             }
             let why = self.failure.take();
             let why = why.as_deref().unwrap_or("connection error");

@@ -725,6 +725,7 @@ mod tests {
             .iter()
             .map(|e| match e {
                 Event::Ready(_) => "ready".to_string(),
+                Event::StartTls => "starttls".to_string(),
                 Event::Mail(r) => format!("mail {}", r.code),
                 Event::Rcpt(n, r) => format!("rcpt{n} {}", r.code),
                 Event::DataRefused(r) => format!("data-refused {}", r.code),
@@ -855,6 +856,107 @@ mod tests {
             sent, b"MAIL FROM:<a@x>\r\n",
             "no ESMTP parameters after HELO"
         );
+    }
+
+    fn sent(c: &mut Client) -> String {
+        let mut out = Vec::new();
+        c.poll_transmit(&mut out);
+        String::from_utf8(out).unwrap()
+    }
+
+    fn with_starttls(policy: StartTls) -> Client {
+        let mut config = ClientConfig::smtp("me");
+        config.starttls = policy;
+        Client::new(config)
+    }
+
+    #[test]
+    fn starttls_when_offered_then_ehlo_again_with_the_new_capabilities() {
+        let mut c = with_starttls(StartTls::IfOffered);
+        c.mail("a@x", MailParams::default());
+        c.handle_line(b"220 mx ready");
+        assert_eq!(sent(&mut c), "EHLO me\r\n");
+        c.handle_line(b"250-mx");
+        c.handle_line(b"250-SIZE 10");
+        c.handle_line(b"250 STARTTLS");
+        assert_eq!(sent(&mut c), "STARTTLS\r\n");
+        assert_eq!(c.poll_event(), None, "not ready before TLS");
+        c.handle_line(b"220 go ahead");
+        assert_eq!(c.poll_event(), Some(Event::StartTls));
+        assert_eq!(sent(&mut c), "", "nothing is sent during the handshake");
+        assert!(c.is_waiting(), "the handshake is timed like a reply");
+        c.handle_tls_established();
+        assert!(c.is_tls());
+        assert_eq!(sent(&mut c), "EHLO me\r\n");
+        c.handle_line(b"250-mx");
+        c.handle_line(b"250 8BITMIME");
+        let Some(Event::Ready(caps)) = c.poll_event() else {
+            panic!("not ready")
+        };
+        assert!(caps.eight_bit_mime && !caps.starttls && caps.size.is_none());
+        assert_eq!(sent(&mut c), "MAIL FROM:<a@x>\r\n");
+    }
+
+    #[test]
+    fn a_reply_during_the_handshake_fails_the_session() {
+        let mut c = with_starttls(StartTls::IfOffered);
+        c.handle_line(b"220 mx");
+        c.handle_line(b"250-mx");
+        c.handle_line(b"250 STARTTLS");
+        c.handle_line(b"220 go ahead");
+        assert_eq!(c.poll_event(), Some(Event::StartTls));
+        c.handle_line(b"250 injected");
+        assert!(matches!(c.poll_event(), Some(Event::Failed(r)) if r.code == 451));
+    }
+
+    #[test]
+    fn required_starttls_fails_without_it_and_on_a_refusal() {
+        let mut c = with_starttls(StartTls::Required);
+        c.mail("a@x", MailParams::default());
+        c.handle_line(b"220 mx");
+        sent(&mut c);
+        c.handle_line(b"250-mx");
+        c.handle_line(b"250 8BITMIME");
+        assert!(matches!(c.poll_event(), Some(Event::Failed(r)) if r.code == 451));
+        assert_eq!(sent(&mut c), "", "nothing relayed in plaintext");
+
+        let mut c = with_starttls(StartTls::Required);
+        c.handle_line(b"220 mx");
+        c.handle_line(b"250-mx");
+        c.handle_line(b"250 STARTTLS");
+        sent(&mut c);
+        c.handle_line(b"454 4.7.0 not now");
+        assert!(matches!(c.poll_event(), Some(Event::Failed(r)) if r.code == 451));
+
+        // HELO fallback: no ESMTP, so no STARTTLS either.
+        let mut c = with_starttls(StartTls::Required);
+        c.handle_line(b"220 mx");
+        c.handle_line(b"500 what");
+        assert_eq!(sent(&mut c), "EHLO me\r\nHELO me\r\n");
+        c.handle_line(b"250 hi");
+        assert!(matches!(c.poll_event(), Some(Event::Failed(r)) if r.code == 451));
+    }
+
+    #[test]
+    fn opportunistic_goes_on_in_plaintext_when_not_offered_or_refused() {
+        let mut c = with_starttls(StartTls::IfOffered);
+        c.handle_line(b"220 mx");
+        c.handle_line(b"250 mx");
+        assert!(matches!(c.poll_event(), Some(Event::Ready(_))));
+        let mut c = with_starttls(StartTls::IfOffered);
+        c.handle_line(b"220 mx");
+        c.handle_line(b"250-mx");
+        c.handle_line(b"250 STARTTLS");
+        c.handle_line(b"454 4.7.0 not now");
+        assert!(matches!(c.poll_event(), Some(Event::Ready(_))));
+        assert!(!c.is_tls());
+        // Never: STARTTLS offered but not used.
+        let mut c = Client::new(ClientConfig::smtp("me"));
+        c.handle_line(b"220 mx");
+        c.handle_line(b"250-mx");
+        c.handle_line(b"250 STARTTLS");
+        assert!(matches!(c.poll_event(), Some(Event::Ready(caps)) if caps.starttls));
+        assert_eq!(sent(&mut c), "EHLO me\r\n");
     }
 
     #[test]
