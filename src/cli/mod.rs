@@ -207,6 +207,15 @@ fn upstream_tls(o: &Options) -> Result<crate::client::UpstreamTls, String> {
             crate::client::upstream_ca_config(path)
                 .map_err(|e| format!("Cannot load --upstream-ca: {e}"))?,
         );
+    } else if mode != UpstreamTlsMode::Off {
+        // The system store is read now, not in the loop at the first STARTTLS.
+        match crate::client::system_roots_config() {
+            Ok(config) => tls.config = Some(config),
+            Err(e) if mode == UpstreamTlsMode::Opportunistic => {
+                log::warn!("{e}; an upstream offering STARTTLS gets 451")
+            }
+            Err(e) => return Err(e.to_string()),
+        }
     }
     #[cfg(not(feature = "tls"))]
     if o.upstream_ca.is_some()

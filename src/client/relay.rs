@@ -75,7 +75,8 @@ pub struct UpstreamTls {
     pub mode: UpstreamTlsMode,
     /// The roots the upstream's certificate is verified against ([`upstream_ca_config`],
     /// for one CA file); `None`: the system's roots ([`system_roots_config`]), loaded once
-    /// when first needed.
+    /// when first needed (inside the loop: call `system_roots_config` at start-up and put
+    /// its result here to keep that file reading out of it).
     #[cfg(feature = "tls")]
     pub config: Option<Arc<rustls::ClientConfig>>,
     /// The name the certificate must carry (and the SNI sent); `None`: the upstream's IP
@@ -557,8 +558,16 @@ impl ChatHandler for RelayHandler {
             ctx.cancel_timer(t);
         }
         if !self.done {
-            if self.tls_pending && self.failure.is_none() {
-                self.failure = Some("TLS handshake or certificate verification failed".to_owned());
+            if self.tls_pending {
+                log::warn!(
+                    "relay to {}: TLS handshake or certificate verification for {} failed",
+                    self.upstream,
+                    self.tls_name
+                );
+                if self.failure.is_none() {
+                    self.failure =
+                        Some("TLS handshake or certificate verification failed".to_owned());
+                }
             }
             let why = self.failure.take();
             let why = why.as_deref().unwrap_or("connection error");
