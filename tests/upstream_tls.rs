@@ -169,7 +169,12 @@ fn read_reply(r: &mut impl BufRead) -> String {
 
 /// One transaction through the proxy; the first reply that is not 2xx/354, or the final one.
 fn send_through(proxy: &Proxy) -> String {
-    let s = TcpStream::connect(proxy.addr).unwrap();
+    send_to(proxy.addr)
+}
+
+/// [`send_through`] to any address.
+fn send_to(addr: SocketAddr) -> String {
+    let s = TcpStream::connect(addr).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(15))).unwrap();
     let mut r = BufReader::new(s.try_clone().unwrap());
     let mut w = s;
@@ -422,4 +427,74 @@ fn reply_bytes_after_the_starttls_220_are_never_read_as_replies() {
     assert!(seen[0].starts_with("EHLO "), "{seen:?}");
     assert!(seen[1].starts_with("MAIL FROM:<a@example.com>"), "{seen:?}");
     assert!(seen.contains(&".".to_owned()), "{seen:?}");
+}
+
+/// The `smtpd` binary as a PureProxy with the given extra options; killed on drop.
+struct Binary {
+    child: std::process::Child,
+    addr: SocketAddr,
+}
+
+impl Binary {
+    fn pure_proxy(upstream_port: u16, extra: &[&str]) -> Binary {
+        let port = TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+        let child = std::process::Command::new(env!("CARGO_BIN_EXE_smtpd"))
+            .args(["-n", "-c", "PureProxy"])
+            .args(extra)
+            .arg(addr.to_string())
+            .arg(format!("localhost:{upstream_port}"))
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while TcpStream::connect(addr).is_err() {
+            assert!(Instant::now() < deadline, "the proxy did not start");
+            thread::sleep(Duration::from_millis(20));
+        }
+        Binary { child, addr }
+    }
+
+    fn send(&self) -> String {
+        send_to(self.addr)
+    }
+}
+
+impl Drop for Binary {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn the_command_line_relays_over_verified_tls() {
+    let pki = pki(&["localhost"], "cli");
+    let ca = pki.ca_file.to_str().unwrap().to_owned();
+    let (up, rx) = upstream(Some(&pki), false);
+    let port = up.local_addr().port();
+    // The name verified defaults to the remote host as given: localhost.
+    let proxy = Binary::pure_proxy(port, &["--upstream-tls", "required", "--upstream-ca", &ca]);
+    assert!(proxy.send().starts_with("250"));
+    assert!(message(&rx).tls.is_some());
+    let proxy = Binary::pure_proxy(
+        port,
+        &[
+            "--upstream-tls=required",
+            "--upstream-ca",
+            &ca,
+            "--upstream-tls-name",
+            "wrong.example",
+        ],
+    );
+    assert!(proxy.send().starts_with("451"));
+    nothing_received(&rx);
+    let proxy = Binary::pure_proxy(port, &["--upstream-tls", "off"]);
+    assert!(proxy.send().starts_with("250"));
+    assert!(message(&rx).tls.is_none());
 }
