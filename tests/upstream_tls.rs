@@ -174,6 +174,11 @@ fn send_through(proxy: &Proxy) -> String {
 
 /// [`send_through`] to any address.
 fn send_to(addr: SocketAddr) -> String {
+    send_body(addr, "Subject: relayed\r\n\r\nover TLS?\r\n")
+}
+
+/// One transaction with `body` (CRLF lines, no leading dots).
+fn send_body(addr: SocketAddr, body: &str) -> String {
     let s = TcpStream::connect(addr).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(15))).unwrap();
     let mut r = BufReader::new(s.try_clone().unwrap());
@@ -194,7 +199,7 @@ fn send_to(addr: SocketAddr) -> String {
             return reply;
         }
     }
-    cmd("Subject: relayed\r\n\r\nover TLS?\r\n.", &mut r)
+    cmd(&format!("{body}."), &mut r)
 }
 
 fn message(rx: &mpsc::Receiver<Seen>) -> Message {
@@ -322,6 +327,24 @@ fn required_with_the_right_ca_and_name_delivers_over_tls() {
     let proxy = Proxy::start(up.local_addr(), by_ip);
     assert!(send_through(&proxy).starts_with("250"));
     assert!(message(&rx).tls.is_some());
+}
+
+#[test]
+fn a_large_message_streams_through_the_upstream_tls_layer() {
+    let pki = pki(&["localhost"], "large");
+    let (up, rx) = upstream(Some(&pki), false);
+    let proxy = Proxy::start(
+        up.local_addr(),
+        tls(UpstreamTlsMode::Required, &pki, "localhost"),
+    );
+    // 3 MiB: many 64 KiB pieces, each more than rustls' outgoing buffer takes at once.
+    let line = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcd\r\n";
+    let body = format!("Subject: big\r\n\r\n{}", line.repeat(3 << 20 >> 6));
+    assert!(send_body(proxy.addr, &body).starts_with("250"));
+    let m = message(&rx);
+    assert!(m.tls.is_some());
+    assert!(m.data.len() >= 3 << 20, "{}", m.data.len());
+    assert!(m.data.ends_with(line.trim_end().as_bytes()) || m.data.ends_with(line.as_bytes()));
 }
 
 #[test]

@@ -197,7 +197,9 @@ pub type EventHandler = Box<dyn FnMut(Event, &mut Client, &mut Ctx<'_>)>;
 /// and hands every [`Event`] to a callback. The callback gets the client, so it can issue the
 /// next command; other dispatchers can send [`RelayCommand`]s with [`Ctx::notify`]. The
 /// callback always sees exactly one terminal event (`Closed` or `Failed`), whatever ends the
-/// connection. Made by [`Relay::open`](ChatDispatcher::open).
+/// connection. TLS to the upstream follows [`RelayOptions::tls`]; the relay handles
+/// [`Event::StartTls`] itself, so the callback never sees it. Made by
+/// [`Relay::open`](ChatDispatcher::open).
 pub type Relay = ChatDispatcher<Socket, RelayHandler>;
 
 /// The protocol side of a [`Relay`]: the [`Client`] session, its timers and the event callback.
@@ -237,7 +239,9 @@ impl fmt::Debug for RelayHandler {
 
 impl ChatDispatcher<Socket, RelayHandler> {
     /// Starts connecting to `upstream`, a resolved TCP address (name lookups block and never
-    /// run in the loop) or a unix-domain socket path (Mailman's LMTP runner, say). Queue
+    /// run in the loop) or a unix-domain socket path (Mailman's LMTP runner, say). The
+    /// client's [`ClientConfig::starttls`] is set from `options.tls.mode` (a unix-domain
+    /// upstream is always plaintext). Queue
     /// commands on [`client`](Self::client) before spawning, or from the callback once
     /// `Event::Ready` arrives.
     ///
