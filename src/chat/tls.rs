@@ -1,7 +1,8 @@
-//! [`TlsStream`]: a server-side TLS layer (rustls' buffered [`ServerConnection`]) over a
-//! [`Socket`], honouring the [`Transport`] contract. It becomes [`Socket::Tls`] in place,
-//! after `220 Ready to start TLS` was flushed (STARTTLS) or at accept (implicit TLS), with
-//! [`Socket::start_tls`].
+//! [`TlsStream`]: a TLS layer (rustls' buffered [`ServerConnection`], or [`ClientConnection`]
+//! for the relay client) over a [`Socket`], honouring the [`Transport`] contract. It becomes
+//! [`Socket::Tls`] in place, after `220 Ready to start TLS` was flushed (STARTTLS) or at
+//! accept (implicit TLS), with [`Socket::start_tls`]; the client side with
+//! [`Socket::start_tls_client`] after the upstream's `220` to STARTTLS (or at connect).
 //!
 //! - Ciphertext rustls has not sent yet is the layer's own output
 //!   ([`Transport::wants_write`]); [`Write::flush`] sends it.
@@ -22,15 +23,16 @@ use std::sync::Arc;
 
 use mio::event::Source;
 use mio::{Interest, Registry, Token};
-use rustls::{ServerConfig, ServerConnection};
+use rustls::pki_types::ServerName;
+use rustls::{ClientConfig, ClientConnection, Connection, ServerConfig, ServerConnection};
 
 use super::{Socket, Transport};
 use crate::smtp::TlsInfo;
 
-/// A TLS server connection over a socket.
+/// A TLS connection (server or client side) over a socket.
 pub struct TlsStream {
     inner: Socket,
-    conn: ServerConnection,
+    conn: Connection,
     /// Plaintext rustls holds, not yet read out.
     plaintext: usize,
     /// The socket reached its end, or the peer sent close-notify.
@@ -38,6 +40,8 @@ pub struct TlsStream {
     /// The handshake finished, and whether that was reported.
     established: bool,
     reported: bool,
+    /// Client side: the name verified (reported as the SNI).
+    name: Option<String>,
 }
 
 impl TlsStream {
@@ -48,14 +52,41 @@ impl TlsStream {
     /// When rustls cannot create the connection from `config`.
     pub fn new(inner: Socket, config: Arc<ServerConfig>) -> io::Result<TlsStream> {
         let conn = ServerConnection::new(config).map_err(io::Error::other)?;
-        Ok(TlsStream {
+        Ok(TlsStream::wrap(inner, conn.into()))
+    }
+
+    /// A client-side TLS layer over `inner`: its ClientHello is queued at once, and the
+    /// upstream's certificate is verified for `name` against `config`'s roots.
+    ///
+    /// # Errors
+    /// When rustls cannot create the connection from `config`.
+    pub fn client(
+        inner: Socket,
+        config: Arc<ClientConfig>,
+        name: ServerName<'static>,
+    ) -> io::Result<TlsStream> {
+        let shown = name.to_str().into_owned();
+        let conn = ClientConnection::new(config, name).map_err(io::Error::other)?;
+        let mut stream = TlsStream::wrap(inner, conn.into());
+        stream.name = Some(shown);
+        Ok(stream)
+    }
+
+    fn wrap(inner: Socket, conn: Connection) -> TlsStream {
+        TlsStream {
             inner,
             conn,
             plaintext: 0,
             eof: false,
             established: false,
             reported: false,
-        })
+            name: None,
+        }
+    }
+
+    /// Whether this is the client side (the relay's connection to an upstream).
+    pub fn is_client(&self) -> bool {
+        matches!(self.conn, Connection::Client(_))
     }
 
     /// Whether the handshake is still going on.
@@ -63,8 +94,8 @@ impl TlsStream {
         self.conn.is_handshaking()
     }
 
-    /// The rustls connection (negotiated version, cipher suite, SNI, ALPN).
-    pub fn connection(&self) -> &ServerConnection {
+    /// The rustls connection (negotiated version, cipher suite, SNI, ALPN), server or client.
+    pub fn connection(&self) -> &Connection {
         &self.conn
     }
 
@@ -83,7 +114,11 @@ impl TlsStream {
             .conn
             .negotiated_cipher_suite()
             .map_or_else(|| "unknown".to_owned(), |s| format!("{:?}", s.suite()));
-        let sni = self.conn.server_name().map(str::to_owned);
+        let sni = match &self.conn {
+            Connection::Server(c) => c.server_name().map(str::to_owned),
+            // The client side reports the name it sent and verified.
+            Connection::Client(_) => self.name.clone(),
+        };
         Some(TlsInfo::new(version, cipher, sni))
     }
 
@@ -241,6 +276,26 @@ impl Socket {
     pub fn start_tls(&mut self, config: Arc<ServerConfig>) -> io::Result<()> {
         let old = std::mem::replace(self, Socket::Layered(Box::new(super::transport::Gone)));
         *self = Socket::Tls(Box::new(TlsStream::new(old, config)?));
+        Ok(())
+    }
+}
+
+impl Socket {
+    /// Replaces this socket in place with a client-side TLS layer over it
+    /// ([`Socket::Tls`]), verifying the peer for `name`: run it from a
+    /// [`TransportSwitch`](super::TransportSwitch) after the upstream's `220` to STARTTLS was
+    /// read (the chat then discards any reply bytes read after it), or at connect (implicit
+    /// TLS).
+    ///
+    /// # Errors
+    /// When rustls cannot create the connection; the socket is then gone.
+    pub fn start_tls_client(
+        &mut self,
+        config: Arc<ClientConfig>,
+        name: ServerName<'static>,
+    ) -> io::Result<()> {
+        let old = std::mem::replace(self, Socket::Layered(Box::new(super::transport::Gone)));
+        *self = Socket::Tls(Box::new(TlsStream::client(old, config, name)?));
         Ok(())
     }
 }

@@ -55,6 +55,13 @@ pub struct Options {
     pub open_relay: bool,
     /// `--upstream-timeout SECS` (at least 1): connect and reply timeout towards the upstream.
     pub upstream_timeout: Option<u64>,
+    /// `--upstream-tls off|opportunistic|required|implicit`; `None`: opportunistic.
+    pub upstream_tls: Option<crate::client::UpstreamTlsMode>,
+    /// `--upstream-ca FILE`: trust this CA (PEM) for the upstream instead of the system roots.
+    pub upstream_ca: Option<PathBuf>,
+    /// `--upstream-tls-name NAME`: the name the upstream's certificate must carry; `None`: the
+    /// remote host as given.
+    pub upstream_tls_name: Option<String>,
     /// `--mailman-lmtp HOST:PORT|PATH` (MailmanProxy): Mailman 3's LMTP runner.
     pub mailman_lmtp: Option<LmtpTarget>,
     /// `--mailman2-prefix DIR` (MailmanProxy): a Mailman 2 installation instead.
@@ -188,6 +195,9 @@ impl Default for Options {
             trusted: Vec::new(),
             open_relay: false,
             upstream_timeout: None,
+            upstream_tls: None,
+            upstream_ca: None,
+            upstream_tls_name: None,
             limits: Limits::default(),
             capture: CaptureOptions::default(),
             mailman_lmtp: None,
@@ -527,6 +537,53 @@ loopback. Repeatable.",
         section: Section::Relay,
         help: "Give up on an upstream that does not connect or answer within SECS
 seconds (default 30 to connect, 60 per reply, 120 after the data).",
+    },
+    OptSpec {
+        short: None,
+        long: "upstream-tls",
+        action: Action::Value {
+            metavar: "MODE",
+            set: |o, v| {
+                let mode = v.to_str().unwrap_or("").parse().map_err(BadValue::Usage)?;
+                o.upstream_tls = Some(mode);
+                Ok(())
+            },
+        },
+        section: Section::Relay,
+        help: "TLS to the upstream (MailmanProxy: not to Mailman's LMTP):
+opportunistic (the default): STARTTLS when the upstream's EHLO offers
+it; once offered, a failed handshake or certificate check is answered
+451 (no retry in plaintext). required: STARTTLS with a verified
+certificate, or 451 and nothing relayed. implicit: TLS from connect
+(SMTPS, port 465), verified as required. off: plaintext.",
+    },
+    OptSpec {
+        short: None,
+        long: "upstream-ca",
+        action: Action::Value {
+            metavar: "FILE",
+            set: |o, v| {
+                o.upstream_ca = Some(PathBuf::from(v));
+                Ok(())
+            },
+        },
+        section: Section::Relay,
+        help: "Trust the CA certificates in FILE (PEM) for the upstream, instead of
+the system's store.",
+    },
+    OptSpec {
+        short: None,
+        long: "upstream-tls-name",
+        action: Action::Value {
+            metavar: "NAME",
+            set: |o, v| {
+                o.upstream_tls_name = Some(lossy(v));
+                Ok(())
+            },
+        },
+        section: Section::Relay,
+        help: "The name the upstream's certificate must carry (default: the remote
+host as given, a name or an IP address).",
     },
     // Limits.
     OptSpec {
@@ -1194,6 +1251,29 @@ mod tests {
             Err(e) => e,
             other => panic!("{args:?}: expected error, got {other:?}"),
         }
+    }
+
+    #[test]
+    fn upstream_tls_options() {
+        let o = run(&[]);
+        assert_eq!(o.upstream_tls, None);
+        let o = run(&[
+            "--upstream-tls",
+            "required",
+            "--upstream-ca",
+            "/tmp/ca.pem",
+            "--upstream-tls-name=smarthost.example",
+        ]);
+        assert_eq!(
+            o.upstream_tls,
+            Some(crate::client::UpstreamTlsMode::Required)
+        );
+        assert_eq!(o.upstream_ca, Some(PathBuf::from("/tmp/ca.pem")));
+        assert_eq!(o.upstream_tls_name.as_deref(), Some("smarthost.example"));
+        for mode in ["off", "opportunistic", "implicit"] {
+            assert!(run(&["--upstream-tls", mode]).upstream_tls.is_some());
+        }
+        let _ = err(&["--upstream-tls", "sometimes"]);
     }
 
     #[test]

@@ -171,14 +171,15 @@ fn resolved_upstream(args: &ClassArgs<'_>) -> Result<SocketAddr, String> {
 
 /// Builds a [`PureProxy`] from the command line.
 fn pure_proxy(args: &ClassArgs<'_>) -> Result<PureProxy, String> {
-    let mut options = relay_options(args.options);
+    let mut options = relay_options(args.options)?;
     options.mode = args.options.relay_mode.unwrap_or(RelayMode::Live);
     Ok(PureProxy::new(resolved_upstream(args)?, options))
 }
 
 /// The relay settings shared by PureProxy and MailmanProxy.
-fn relay_options(o: &Options) -> ProxyOptions {
+fn relay_options(o: &Options) -> Result<ProxyOptions, String> {
     let mut options = ProxyOptions::default();
+    options.relay.tls = upstream_tls(o)?;
     options.trusted.extend(o.trusted.iter().copied());
     options.open_relay = o.open_relay;
     if let Some(secs) = o.upstream_timeout {
@@ -187,7 +188,45 @@ fn relay_options(o: &Options) -> ProxyOptions {
         options.relay.command_timeout = t;
         options.relay.data_timeout = t * 2;
     }
-    options
+    Ok(options)
+}
+
+/// `--upstream-tls`, `--upstream-ca`, `--upstream-tls-name`.
+fn upstream_tls(o: &Options) -> Result<crate::client::UpstreamTls, String> {
+    use crate::client::{UpstreamTls, UpstreamTlsMode};
+    let mode = o.upstream_tls.unwrap_or_default();
+    let mut tls = UpstreamTls::new(mode);
+    tls.name = Some(
+        o.upstream_tls_name
+            .clone()
+            .unwrap_or_else(|| o.remotehost.clone()),
+    );
+    #[cfg(feature = "tls")]
+    if let Some(path) = &o.upstream_ca {
+        tls.config = Some(
+            crate::client::upstream_ca_config(path)
+                .map_err(|e| format!("Cannot load --upstream-ca: {e}"))?,
+        );
+    } else if mode != UpstreamTlsMode::Off {
+        // The system store is read now, not in the loop at the first STARTTLS.
+        match crate::client::system_roots_config() {
+            Ok(config) => tls.config = Some(config),
+            Err(e) if mode == UpstreamTlsMode::Opportunistic => {
+                log::warn!("{e}; an upstream offering STARTTLS gets 451")
+            }
+            Err(e) => return Err(e.to_string()),
+        }
+    }
+    #[cfg(not(feature = "tls"))]
+    if o.upstream_ca.is_some()
+        || matches!(mode, UpstreamTlsMode::Required | UpstreamTlsMode::Implicit)
+    {
+        return Err("TLS to the upstream needs the `tls` feature".into());
+    }
+    if matches!(mode, UpstreamTlsMode::Off) && o.upstream_ca.is_some() {
+        log::warn!("--upstream-ca is unused with --upstream-tls off");
+    }
+    Ok(tls)
 }
 
 /// Builds a [`MailmanProxy`] from the command line, and warns (without failing) when Mailman
@@ -222,7 +261,7 @@ fn mailman_proxy(args: &ClassArgs<'_>) -> Result<MailmanProxy, String> {
         MailmanVersion::Mailman3(lmtp) => format!("Mailman 3 at {lmtp}"),
     };
     let mut options = MailmanOptions {
-        proxy: relay_options(o),
+        proxy: relay_options(o)?,
         mailman: backend,
         suffixes: o.mailman_suffixes.unwrap_or_default(),
         mailman_domain: o.mailman_domain.clone(),

@@ -4,9 +4,11 @@
 use std::any::Any;
 use std::fmt;
 use std::io;
+#[cfg(feature = "tls")]
+use std::sync::Arc;
 use std::time::Duration;
 
-use super::session::{Client, ClientConfig, Event, MailParams};
+use super::session::{Client, ClientConfig, Event, MailParams, StartTls};
 use crate::chat::{ChatCtl, ChatDispatcher, ChatHandler, ChatOptions, Endpoint, Socket};
 use crate::reactor::{Ctx, TimerId};
 
@@ -24,8 +26,141 @@ pub struct RelayOptions {
     /// Buffer limits of the connection (read budget, output marks and cap). Default
     /// [`ChatOptions::default`].
     pub chat: ChatOptions,
+    /// TLS towards the upstream (TCP only; a unix-domain upstream is always plaintext).
+    /// Default: opportunistic STARTTLS, verified against the system roots.
+    pub tls: UpstreamTls,
 }
 
+/// When a [`Relay`] encrypts its connection to the upstream.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum UpstreamTlsMode {
+    /// Plaintext, even when the upstream offers STARTTLS.
+    Off,
+    /// STARTTLS when the upstream's EHLO offers it (the default). Once offered it must work:
+    /// a failed handshake or verification fails the session with a `4xx` and the relay does
+    /// not retry in plaintext (that retry is what a man in the middle would provoke). Not
+    /// offered, or refused with a reply: plaintext.
+    #[default]
+    Opportunistic,
+    /// STARTTLS, with the certificate verified for the name; an upstream that does not offer
+    /// it, refuses it, or fails the handshake or verification fails the session with a `4xx`
+    /// before anything is relayed. Never falls back to plaintext.
+    Required,
+    /// TLS from connect (SMTPS, port 465), verified as `Required`.
+    Implicit,
+}
+
+impl std::str::FromStr for UpstreamTlsMode {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "off" => Ok(UpstreamTlsMode::Off),
+            "opportunistic" => Ok(UpstreamTlsMode::Opportunistic),
+            "required" => Ok(UpstreamTlsMode::Required),
+            "implicit" => Ok(UpstreamTlsMode::Implicit),
+            other => Err(format!(
+                "Invalid upstream TLS mode: {other} (off, opportunistic, required or implicit)"
+            )),
+        }
+    }
+}
+
+/// TLS settings of a [`Relay`]'s upstream connection.
+#[derive(Clone, Debug, Default)]
+#[non_exhaustive]
+pub struct UpstreamTls {
+    /// When to use TLS.
+    pub mode: UpstreamTlsMode,
+    /// The roots the upstream's certificate is verified against ([`upstream_ca_config`],
+    /// for one CA file); `None`: the system's roots ([`system_roots_config`]), loaded once
+    /// when first needed (inside the loop: call `system_roots_config` at start-up and put
+    /// its result here to keep that file reading out of it).
+    #[cfg(feature = "tls")]
+    pub config: Option<Arc<rustls::ClientConfig>>,
+    /// The name the certificate must carry (and the SNI sent); `None`: the upstream's IP
+    /// address.
+    pub name: Option<String>,
+}
+
+impl UpstreamTls {
+    /// Settings with the given mode, system roots, and the IP address as the name.
+    pub fn new(mode: UpstreamTlsMode) -> UpstreamTls {
+        UpstreamTls {
+            mode,
+            ..UpstreamTls::default()
+        }
+    }
+}
+
+#[cfg(feature = "tls")]
+fn client_config(roots: rustls::RootCertStore) -> io::Result<Arc<rustls::ClientConfig>> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(io::Error::other)?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    Ok(Arc::new(config))
+}
+
+/// A client configuration that trusts only the CA certificates in the PEM file at `path`
+/// (`--upstream-ca`).
+///
+/// # Errors
+/// When the file cannot be read, holds no certificate, or a certificate is unusable.
+#[cfg(feature = "tls")]
+pub fn upstream_ca_config(path: &std::path::Path) -> io::Result<Arc<rustls::ClientConfig>> {
+    use rustls::pki_types::{pem::PemObject, CertificateDer};
+    let what = |e: &dyn fmt::Display| {
+        io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("{}: {e}", path.display()),
+        )
+    };
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in CertificateDer::pem_file_iter(path).map_err(|e| what(&e))? {
+        roots
+            .add(cert.map_err(|e| what(&e))?)
+            .map_err(|e| what(&e))?;
+    }
+    if roots.is_empty() {
+        return Err(what(&"no CA certificate in the file"));
+    }
+    client_config(roots)
+}
+
+/// The client configuration that trusts the system's certificate store (read once, through
+/// rustls-native-certs, and shared).
+///
+/// # Errors
+/// When no usable root certificate could be loaded (say which way to go: `--upstream-ca`).
+#[cfg(feature = "tls")]
+pub fn system_roots_config() -> io::Result<Arc<rustls::ClientConfig>> {
+    static SYSTEM: std::sync::OnceLock<Result<Arc<rustls::ClientConfig>, String>> =
+        std::sync::OnceLock::new();
+    let loaded = SYSTEM.get_or_init(|| {
+        let found = rustls_native_certs::load_native_certs();
+        let mut roots = rustls::RootCertStore::empty();
+        let (added, _ignored) = roots.add_parsable_certificates(found.certs);
+        if added == 0 {
+            let errors: Vec<String> = found.errors.iter().map(ToString::to_string).collect();
+            return Err(format!(
+                "no trusted root certificate could be loaded from the system store{}; \
+                 give the upstream's CA with --upstream-ca FILE",
+                if errors.is_empty() {
+                    String::new()
+                } else {
+                    format!(" ({})", errors.join("; "))
+                }
+            ));
+        }
+        log::debug!("loaded {added} system root certificates for the upstream");
+        client_config(roots).map_err(|e| e.to_string())
+    });
+    loaded.clone().map_err(io::Error::other)
+}
 impl Default for RelayOptions {
     fn default() -> Self {
         RelayOptions {
@@ -33,6 +168,7 @@ impl Default for RelayOptions {
             command_timeout: Duration::from_secs(60),
             data_timeout: Duration::from_secs(120),
             chat: ChatOptions::default(),
+            tls: UpstreamTls::default(),
         }
     }
 }
@@ -61,7 +197,9 @@ pub type EventHandler = Box<dyn FnMut(Event, &mut Client, &mut Ctx<'_>)>;
 /// and hands every [`Event`] to a callback. The callback gets the client, so it can issue the
 /// next command; other dispatchers can send [`RelayCommand`]s with [`Ctx::notify`]. The
 /// callback always sees exactly one terminal event (`Closed` or `Failed`), whatever ends the
-/// connection. Made by [`Relay::open`](ChatDispatcher::open).
+/// connection. TLS to the upstream follows [`RelayOptions::tls`]; the relay handles
+/// [`Event::StartTls`] itself, so the callback never sees it. Made by
+/// [`Relay::open`](ChatDispatcher::open).
 pub type Relay = ChatDispatcher<Socket, RelayHandler>;
 
 /// The protocol side of a [`Relay`]: the [`Client`] session, its timers and the event callback.
@@ -82,6 +220,11 @@ pub struct RelayHandler {
     done: bool,
     /// The peer, for log lines.
     upstream: String,
+    /// The upstream's TLS mode (`Off` for a unix-domain upstream) and the name verified.
+    tls_mode: UpstreamTlsMode,
+    tls_name: String,
+    /// A handshake was started and has not finished.
+    tls_pending: bool,
 }
 
 impl fmt::Debug for RelayHandler {
@@ -96,7 +239,9 @@ impl fmt::Debug for RelayHandler {
 
 impl ChatDispatcher<Socket, RelayHandler> {
     /// Starts connecting to `upstream`, a resolved TCP address (name lookups block and never
-    /// run in the loop) or a unix-domain socket path (Mailman's LMTP runner, say). Queue
+    /// run in the loop) or a unix-domain socket path (Mailman's LMTP runner, say). The
+    /// client's [`ClientConfig::starttls`] is set from `options.tls.mode` (a unix-domain
+    /// upstream is always plaintext). Queue
     /// commands on [`client`](Self::client) before spawning, or from the callback once
     /// `Event::Ready` arrives.
     ///
@@ -111,7 +256,37 @@ impl ChatDispatcher<Socket, RelayHandler> {
     ) -> io::Result<Relay> {
         let upstream = upstream.into();
         let chat = options.chat.clone();
+        let (tls_mode, tls_name) = match &upstream {
+            Endpoint::Tcp(addr) => (
+                options.tls.mode,
+                options
+                    .tls
+                    .name
+                    .clone()
+                    .unwrap_or_else(|| addr.ip().to_string()),
+            ),
+            Endpoint::Unix(_) => (UpstreamTlsMode::Off, String::new()),
+        };
+        #[cfg(not(feature = "tls"))]
+        let tls_mode = match tls_mode {
+            UpstreamTlsMode::Required | UpstreamTlsMode::Implicit => {
+                return Err(io::Error::new(
+                    io::ErrorKind::Unsupported,
+                    "TLS to the upstream needs the `tls` feature",
+                ))
+            }
+            _ => UpstreamTlsMode::Off,
+        };
+        let mut config = config;
+        config.starttls = match tls_mode {
+            UpstreamTlsMode::Off | UpstreamTlsMode::Implicit => StartTls::Never,
+            UpstreamTlsMode::Opportunistic => StartTls::IfOffered,
+            UpstreamTlsMode::Required => StartTls::Required,
+        };
         let handler = RelayHandler {
+            tls_mode,
+            tls_name,
+            tls_pending: false,
             client: Client::new(config),
             line: Vec::new(),
             line_too_long: false,
@@ -190,6 +365,10 @@ impl RelayHandler {
             let Some(event) = self.client.poll_event() else {
                 break;
             };
+            if event == Event::StartTls {
+                self.begin_tls(chat);
+                continue;
+            }
             let terminal = matches!(event, Event::Failed(_) | Event::Closed);
             if !self.done {
                 (self.on_event)(event, &mut self.client, ctx);
@@ -214,6 +393,53 @@ impl RelayHandler {
             };
             self.timer = Some(ctx.set_timer(after));
         }
+    }
+
+    /// Switches the connection to TLS once the output is out (the chat drops every byte read
+    /// but not yet framed: nothing the upstream sent after its `220` is taken as a reply).
+    #[cfg(feature = "tls")]
+    fn begin_tls(&mut self, chat: &mut ChatCtl) {
+        use rustls::pki_types::ServerName;
+        let config = match self.options.tls.config.clone() {
+            Some(config) => Ok(config),
+            None => system_roots_config(),
+        };
+        let name = ServerName::try_from(self.tls_name.clone()).map_err(|e| {
+            io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("bad upstream TLS name {:?}: {e}", self.tls_name),
+            )
+        });
+        match config.and_then(|c| name.map(|n| (c, n))) {
+            Ok((config, name)) => {
+                log::debug!(
+                    "relay {}: starting TLS, verifying the name {}",
+                    self.upstream,
+                    self.tls_name
+                );
+                self.tls_pending = true;
+                chat.switch_transport_when_flushed(crate::chat::TransportSwitch::new(
+                    move |socket: &mut Socket| socket.start_tls_client(config, name),
+                ));
+            }
+            Err(e) => {
+                log::warn!("relay to {}: cannot start TLS: {e}", self.upstream);
+                self.failure = Some(format!("cannot start TLS: {e}"));
+                self.client.handle_closed(&format!("cannot start TLS: {e}"));
+                chat.close_when_done();
+            }
+        }
+    }
+
+    #[cfg(not(feature = "tls"))]
+    fn begin_tls(&mut self, chat: &mut ChatCtl) {
+        log::warn!(
+            "relay to {}: TLS for {} is not built in",
+            self.upstream,
+            self.tls_name
+        );
+        self.client.handle_closed("TLS is not built in");
+        chat.close_when_done();
     }
 
     fn fail(&mut self, chat: &mut ChatCtl, ctx: &mut Ctx<'_>, why: &str) {
@@ -259,11 +485,18 @@ impl ChatHandler for RelayHandler {
         self.connect_timer = Some(ctx.set_timer(self.options.connect_timeout));
     }
 
-    fn on_connect(&mut self, _chat: &mut ChatCtl, ctx: &mut Ctx<'_>) {
+    fn on_connect(&mut self, chat: &mut ChatCtl, ctx: &mut Ctx<'_>) {
         if let Some(t) = self.connect_timer.take() {
             ctx.cancel_timer(t);
         }
         log::debug!("relay to {} connected", self.upstream);
+        if self.tls_mode == UpstreamTlsMode::Implicit {
+            self.begin_tls(chat);
+            if self.client.is_finished() {
+                self.pump(chat, ctx);
+                return;
+            }
+        }
         self.arm_timer(ctx);
     }
 
@@ -292,6 +525,21 @@ impl ChatHandler for RelayHandler {
     }
 
     fn on_notify(&mut self, chat: &mut ChatCtl, ctx: &mut Ctx<'_>, message: Box<dyn Any>) {
+        let message = match message.downcast::<crate::smtp::TlsInfo>() {
+            Ok(info) => {
+                log::debug!(
+                    "relay {}: TLS established: {} {} name={}",
+                    self.upstream,
+                    info.version,
+                    info.cipher,
+                    info.sni.as_deref().unwrap_or("-")
+                );
+                self.tls_pending = false;
+                self.client.handle_tls_established();
+                return self.pump(chat, ctx);
+            }
+            Err(message) => message,
+        };
         let Ok(command) = message.downcast::<RelayCommand>() else {
             return;
         };
@@ -314,6 +562,17 @@ impl ChatHandler for RelayHandler {
             ctx.cancel_timer(t);
         }
         if !self.done {
+            if self.tls_pending {
+                log::warn!(
+                    "relay to {}: TLS handshake or certificate verification for {} failed",
+                    self.upstream,
+                    self.tls_name
+                );
+                if self.failure.is_none() {
+                    self.failure =
+                        Some("TLS handshake or certificate verification failed".to_owned());
+                }
+            }
             let why = self.failure.take();
             let why = why.as_deref().unwrap_or("connection error");
             if self.connect_failed {

@@ -24,6 +24,23 @@ pub struct ClientConfig {
     pub helo_name: String,
     /// Speak LMTP (RFC 2033): LHLO, and one reply per accepted recipient after the data.
     pub lmtp: bool,
+    /// Whether to ask for STARTTLS after EHLO. Default [`StartTls::Never`].
+    pub starttls: StartTls,
+}
+
+/// When the client sends STARTTLS (RFC 3207).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum StartTls {
+    /// Never (plaintext, or the connection already runs TLS from connect).
+    #[default]
+    Never,
+    /// When the upstream's EHLO offers it; otherwise (or when STARTTLS is refused with a
+    /// reply) the session goes on in plaintext.
+    IfOffered,
+    /// Always: an upstream that does not offer STARTTLS, or refuses it, fails the session
+    /// with a `4xx`; nothing is sent in plaintext.
+    Required,
 }
 
 impl ClientConfig {
@@ -32,6 +49,7 @@ impl ClientConfig {
         ClientConfig {
             helo_name: helo_name.into(),
             lmtp: false,
+            starttls: StartTls::Never,
         }
     }
 
@@ -40,6 +58,7 @@ impl ClientConfig {
         ClientConfig {
             helo_name: helo_name.into(),
             lmtp: true,
+            starttls: StartTls::Never,
         }
     }
 }
@@ -58,6 +77,8 @@ pub struct Capabilities {
     pub smtputf8: bool,
     /// `PIPELINING` (noted; commands are still sent one at a time).
     pub pipelining: bool,
+    /// `STARTTLS`.
+    pub starttls: bool,
 }
 
 /// What MAIL FROM should carry.
@@ -89,6 +110,10 @@ impl MailParams {
 pub enum Event {
     /// Greeted and EHLO/HELO accepted: the session takes transactions.
     Ready(Capabilities),
+    /// The upstream answered `220` to STARTTLS: switch the connection to TLS now (discarding
+    /// any reply bytes already read after that `220`: response injection), then call
+    /// [`Client::handle_tls_established`]. Nothing is sent until then.
+    StartTls,
     /// The reply to MAIL FROM (or a local refusal when the upstream cannot carry it).
     Mail(Reply),
     /// The reply to the `n`th RCPT of the transaction (counting from 0).
@@ -125,6 +150,9 @@ enum Expect {
     Greeting,
     Ehlo,
     Helo,
+    StartTls,
+    /// The TLS handshake after `220` to STARTTLS (no reply is expected meanwhile).
+    Handshake,
     Mail,
     Rcpt(usize),
     DataCommand,
@@ -153,6 +181,17 @@ pub struct Client {
     partial_code: u16,
     transmit: Vec<u8>,
     events: VecDeque<Event>,
+    /// The connection runs TLS.
+    tls: bool,
+}
+
+/// `451 4.7.0`: TLS to the upstream is required and cannot be had.
+fn tls_unavailable(why: &str) -> Reply {
+    Reply::enhanced(
+        451,
+        EnhancedCode::new(4, 7, 0),
+        format!("Requested action aborted: TLS to the upstream is required, but {why}"),
+    )
 }
 
 /// `451` for a relay failure, with the reason.
@@ -178,12 +217,39 @@ impl Client {
             partial_code: 0,
             transmit: Vec::new(),
             events: VecDeque::new(),
+            tls: false,
         }
     }
 
     /// The upstream's capabilities (meaningful after [`Event::Ready`]).
     pub fn capabilities(&self) -> &Capabilities {
         &self.caps
+    }
+
+    /// Whether the connection runs TLS ([`handle_tls_established`](Self::handle_tls_established)
+    /// was called).
+    pub fn is_tls(&self) -> bool {
+        self.tls
+    }
+
+    /// The TLS handshake finished: after [`Event::StartTls`] the client forgets the
+    /// capabilities and sends EHLO again; before the greeting (implicit TLS) it only notes that
+    /// the connection is encrypted.
+    pub fn handle_tls_established(&mut self) {
+        if self.failed {
+            return;
+        }
+        self.tls = true;
+        if self.expect == Some(Expect::Handshake) {
+            self.caps = Capabilities::default();
+            self.send_hello();
+        }
+    }
+
+    fn send_hello(&mut self) {
+        let verb = if self.config.lmtp { "LHLO" } else { "EHLO" };
+        self.send(&format!("{verb} {}", self.config.helo_name));
+        self.expect = Some(Expect::Ehlo);
     }
 
     /// Whether the session failed or was closed: nothing more will happen.
@@ -281,6 +347,7 @@ impl Client {
         let what = match self.expect {
             None => return,
             Some(Expect::Greeting | Expect::Ehlo | Expect::Helo) => "the greeting",
+            Some(Expect::StartTls | Expect::Handshake) => "STARTTLS",
             Some(Expect::DataBody) => "the end of data",
             Some(_) => "a command",
         };
@@ -343,20 +410,54 @@ impl Client {
                 if reply.code != 220 {
                     return self.fail(reply);
                 }
-                let verb = if self.config.lmtp { "LHLO" } else { "EHLO" };
-                self.send(&format!("{verb} {}", self.config.helo_name));
-                self.expect = Some(Expect::Ehlo);
+                self.send_hello();
             }
             Expect::Ehlo if ok => {
                 self.caps = parse_capabilities(&reply);
+                if !self.tls && self.config.starttls != StartTls::Never {
+                    if self.caps.starttls {
+                        self.send("STARTTLS");
+                        self.expect = Some(Expect::StartTls);
+                        return;
+                    }
+                    if self.config.starttls == StartTls::Required {
+                        return self.fail(tls_unavailable("the upstream does not offer STARTTLS"));
+                    }
+                }
                 self.ready = true;
                 self.events.push_back(Event::Ready(self.caps.clone()));
+            }
+            Expect::StartTls if reply.code == 220 => {
+                // Nothing is sent until the handshake is over.
+                self.expect = Some(Expect::Handshake);
+                self.events.push_back(Event::StartTls);
+                return;
+            }
+            Expect::StartTls => {
+                if self.config.starttls == StartTls::Required {
+                    return self.fail(tls_unavailable(&format!(
+                        "the upstream refused STARTTLS ({} {})",
+                        reply.code,
+                        reply.lines.join(" ")
+                    )));
+                }
+                // Opportunistic: a refusal leaves the session as it was, in plaintext.
+                self.ready = true;
+                self.events.push_back(Event::Ready(self.caps.clone()));
+            }
+            Expect::Handshake => {
+                return self.fail(temporary(
+                    "Requested action aborted: upstream spoke during the TLS handshake",
+                ));
             }
             Expect::Ehlo if !self.config.lmtp && (500..600).contains(&reply.code) => {
                 self.send(&format!("HELO {}", self.config.helo_name));
                 self.expect = Some(Expect::Helo);
             }
             Expect::Ehlo | Expect::Helo if !ok => return self.fail(reply),
+            Expect::Helo if !self.tls && self.config.starttls == StartTls::Required => {
+                return self.fail(tls_unavailable("the upstream does not speak ESMTP"));
+            }
             Expect::Helo => {
                 self.caps = Capabilities::default();
                 self.ready = true;
@@ -518,6 +619,7 @@ fn parse_capabilities(reply: &Reply) -> Capabilities {
         match keyword.as_str() {
             "SIZE" => caps.size = Some(words.next().and_then(|n| n.parse().ok()).unwrap_or(0)),
             "8BITMIME" => caps.eight_bit_mime = true,
+            "STARTTLS" => caps.starttls = true,
             "SMTPUTF8" => caps.smtputf8 = true,
             "PIPELINING" => caps.pipelining = true,
             _ => {}
@@ -623,6 +725,7 @@ mod tests {
             .iter()
             .map(|e| match e {
                 Event::Ready(_) => "ready".to_string(),
+                Event::StartTls => "starttls".to_string(),
                 Event::Mail(r) => format!("mail {}", r.code),
                 Event::Rcpt(n, r) => format!("rcpt{n} {}", r.code),
                 Event::DataRefused(r) => format!("data-refused {}", r.code),
@@ -753,6 +856,107 @@ mod tests {
             sent, b"MAIL FROM:<a@x>\r\n",
             "no ESMTP parameters after HELO"
         );
+    }
+
+    fn sent(c: &mut Client) -> String {
+        let mut out = Vec::new();
+        c.poll_transmit(&mut out);
+        String::from_utf8(out).unwrap()
+    }
+
+    fn with_starttls(policy: StartTls) -> Client {
+        let mut config = ClientConfig::smtp("me");
+        config.starttls = policy;
+        Client::new(config)
+    }
+
+    #[test]
+    fn starttls_when_offered_then_ehlo_again_with_the_new_capabilities() {
+        let mut c = with_starttls(StartTls::IfOffered);
+        c.mail("a@x", MailParams::default());
+        c.handle_line(b"220 mx ready");
+        assert_eq!(sent(&mut c), "EHLO me\r\n");
+        c.handle_line(b"250-mx");
+        c.handle_line(b"250-SIZE 10");
+        c.handle_line(b"250 STARTTLS");
+        assert_eq!(sent(&mut c), "STARTTLS\r\n");
+        assert_eq!(c.poll_event(), None, "not ready before TLS");
+        c.handle_line(b"220 go ahead");
+        assert_eq!(c.poll_event(), Some(Event::StartTls));
+        assert_eq!(sent(&mut c), "", "nothing is sent during the handshake");
+        assert!(c.is_waiting(), "the handshake is timed like a reply");
+        c.handle_tls_established();
+        assert!(c.is_tls());
+        assert_eq!(sent(&mut c), "EHLO me\r\n");
+        c.handle_line(b"250-mx");
+        c.handle_line(b"250 8BITMIME");
+        let Some(Event::Ready(caps)) = c.poll_event() else {
+            panic!("not ready")
+        };
+        assert!(caps.eight_bit_mime && !caps.starttls && caps.size.is_none());
+        assert_eq!(sent(&mut c), "MAIL FROM:<a@x>\r\n");
+    }
+
+    #[test]
+    fn a_reply_during_the_handshake_fails_the_session() {
+        let mut c = with_starttls(StartTls::IfOffered);
+        c.handle_line(b"220 mx");
+        c.handle_line(b"250-mx");
+        c.handle_line(b"250 STARTTLS");
+        c.handle_line(b"220 go ahead");
+        assert_eq!(c.poll_event(), Some(Event::StartTls));
+        c.handle_line(b"250 injected");
+        assert!(matches!(c.poll_event(), Some(Event::Failed(r)) if r.code == 451));
+    }
+
+    #[test]
+    fn required_starttls_fails_without_it_and_on_a_refusal() {
+        let mut c = with_starttls(StartTls::Required);
+        c.mail("a@x", MailParams::default());
+        c.handle_line(b"220 mx");
+        sent(&mut c);
+        c.handle_line(b"250-mx");
+        c.handle_line(b"250 8BITMIME");
+        assert!(matches!(c.poll_event(), Some(Event::Failed(r)) if r.code == 451));
+        assert_eq!(sent(&mut c), "", "nothing relayed in plaintext");
+
+        let mut c = with_starttls(StartTls::Required);
+        c.handle_line(b"220 mx");
+        c.handle_line(b"250-mx");
+        c.handle_line(b"250 STARTTLS");
+        sent(&mut c);
+        c.handle_line(b"454 4.7.0 not now");
+        assert!(matches!(c.poll_event(), Some(Event::Failed(r)) if r.code == 451));
+
+        // HELO fallback: no ESMTP, so no STARTTLS either.
+        let mut c = with_starttls(StartTls::Required);
+        c.handle_line(b"220 mx");
+        c.handle_line(b"500 what");
+        assert_eq!(sent(&mut c), "EHLO me\r\nHELO me\r\n");
+        c.handle_line(b"250 hi");
+        assert!(matches!(c.poll_event(), Some(Event::Failed(r)) if r.code == 451));
+    }
+
+    #[test]
+    fn opportunistic_goes_on_in_plaintext_when_not_offered_or_refused() {
+        let mut c = with_starttls(StartTls::IfOffered);
+        c.handle_line(b"220 mx");
+        c.handle_line(b"250 mx");
+        assert!(matches!(c.poll_event(), Some(Event::Ready(_))));
+        let mut c = with_starttls(StartTls::IfOffered);
+        c.handle_line(b"220 mx");
+        c.handle_line(b"250-mx");
+        c.handle_line(b"250 STARTTLS");
+        c.handle_line(b"454 4.7.0 not now");
+        assert!(matches!(c.poll_event(), Some(Event::Ready(_))));
+        assert!(!c.is_tls());
+        // Never: STARTTLS offered but not used.
+        let mut c = Client::new(ClientConfig::smtp("me"));
+        c.handle_line(b"220 mx");
+        c.handle_line(b"250-mx");
+        c.handle_line(b"250 STARTTLS");
+        assert!(matches!(c.poll_event(), Some(Event::Ready(caps)) if caps.starttls));
+        assert_eq!(sent(&mut c), "EHLO me\r\n");
     }
 
     #[test]

@@ -112,6 +112,8 @@ impl Default for MailmanOptions {
         let lmtp = RelayOptions {
             connect_timeout: Duration::from_secs(10),
             command_timeout: Duration::from_secs(30),
+            // Mailman's LMTP runner is local: no STARTTLS on that leg.
+            tls: crate::client::UpstreamTls::new(crate::client::UpstreamTlsMode::Off),
             ..RelayOptions::default()
         };
         MailmanOptions {
