@@ -257,16 +257,52 @@ fn opportunistic_uses_starttls_when_offered_and_plaintext_otherwise() {
 }
 
 #[test]
-fn opportunistic_does_not_fall_back_when_the_offered_tls_fails() {
-    let pki = pki(&["wrong.example"], "oppfail");
+fn opportunistic_encrypts_without_verifying_the_certificate() {
+    // RFC 7435, Postfix's `may`: a certificate for another name (or from an unknown CA) still
+    // gets an encrypted session; only `required` turns it into a refusal.
+    let pki = pki(&["wrong.example"], "oppunverified");
     let (up, rx) = upstream(Some(&pki), false);
-    let proxy = Proxy::start(
-        up.local_addr(),
-        tls(UpstreamTlsMode::Opportunistic, &pki, "localhost"),
-    );
+    let mut settings = UpstreamTls::new(UpstreamTlsMode::Opportunistic);
+    settings.name = Some("localhost".to_owned());
+    let proxy = Proxy::start(up.local_addr(), settings);
+    let reply = send_through(&proxy);
+    assert!(reply.starts_with("250"), "{reply}");
+    let info = message(&rx).tls.expect("encrypted all the same");
+    assert!(info.version.starts_with("TLSv1."), "{info:?}");
+}
+
+#[test]
+fn opportunistic_does_not_fall_back_when_the_offered_handshake_fails() {
+    // STARTTLS offered, then the upstream speaks no TLS: 4xx, never a plaintext retry.
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let script = thread::spawn(move || {
+        let (tcp, _) = listener.accept().unwrap();
+        tcp.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let mut r = BufReader::new(tcp.try_clone().unwrap());
+        let mut w = tcp;
+        let mut line = String::new();
+        w.write_all(b"220 scripted ready\r\n").unwrap();
+        r.read_line(&mut line).unwrap();
+        w.write_all(b"250-scripted\r\n250 STARTTLS\r\n").unwrap();
+        line.clear();
+        r.read_line(&mut line).unwrap();
+        assert_eq!(line, "STARTTLS\r\n");
+        w.write_all(b"220 go ahead\r\n").unwrap();
+        // Whatever the client sends now is a ClientHello; the answer is not TLS.
+        let _ = w.write_all(b"this is not a TLS record\r\n");
+        let mut rest = Vec::new();
+        let _ = std::io::Read::read_to_end(&mut r, &mut rest);
+        // Nothing in plaintext after the failed handshake (no MAIL, no retry).
+        !String::from_utf8_lossy(&rest).contains("MAIL FROM")
+    });
+    let mut settings = UpstreamTls::new(UpstreamTlsMode::Opportunistic);
+    settings.name = Some("localhost".to_owned());
+    let proxy = Proxy::start(addr, settings);
     let reply = send_through(&proxy);
     assert!(reply.starts_with('4'), "{reply}");
-    nothing_received(&rx);
+    drop(proxy);
+    assert!(script.join().unwrap(), "the relay went on in plaintext");
 }
 
 #[test]

@@ -552,8 +552,8 @@ seconds (default 30 to connect, 60 per reply, 120 after the data).",
         section: Section::Relay,
         help: "TLS to the upstream (MailmanProxy: not to Mailman's LMTP):
 opportunistic (the default): STARTTLS when the upstream's EHLO offers
-it; once offered, a failed handshake or certificate check is answered
-451 (no retry in plaintext). required: STARTTLS with a verified
+it, encrypted but the certificate not verified (RFC 7435); a failed
+handshake is answered 451 (no retry in plaintext). required: STARTTLS with a verified
 certificate, or 451 and nothing relayed. implicit: TLS from connect
 (SMTPS, port 465), verified as required. off: plaintext.",
     },
@@ -569,7 +569,7 @@ certificate, or 451 and nothing relayed. implicit: TLS from connect
         },
         section: Section::Relay,
         help: "Trust the CA certificates in FILE (PEM) for the upstream, instead of
-the system's store.",
+the system's store (required and implicit: opportunistic verifies nothing).",
     },
     OptSpec {
         short: None,

@@ -207,15 +207,10 @@ fn upstream_tls(o: &Options) -> Result<crate::client::UpstreamTls, String> {
             crate::client::upstream_ca_config(path)
                 .map_err(|e| format!("Cannot load --upstream-ca: {e}"))?,
         );
-    } else if mode != UpstreamTlsMode::Off {
-        // The system store is read now, not in the loop at the first STARTTLS.
-        match crate::client::system_roots_config() {
-            Ok(config) => tls.config = Some(config),
-            Err(e) if mode == UpstreamTlsMode::Opportunistic => {
-                log::warn!("{e}; an upstream offering STARTTLS gets 451")
-            }
-            Err(e) => return Err(e.to_string()),
-        }
+    } else if matches!(mode, UpstreamTlsMode::Required | UpstreamTlsMode::Implicit) {
+        // The system store is read now, not in the loop at the first STARTTLS. (Opportunistic
+        // TLS verifies nothing, so it needs no roots.)
+        tls.config = Some(crate::client::system_roots_config().map_err(|e| e.to_string())?);
     }
     #[cfg(not(feature = "tls"))]
     if o.upstream_ca.is_some()

@@ -37,10 +37,15 @@ pub struct RelayOptions {
 pub enum UpstreamTlsMode {
     /// Plaintext, even when the upstream offers STARTTLS.
     Off,
-    /// STARTTLS when the upstream's EHLO offers it (the default). Once offered it must work:
-    /// a failed handshake or verification fails the session with a `4xx` and the relay does
+    /// STARTTLS when the upstream's EHLO offers it (the default): opportunistic security as
+    /// RFC 7435 means it, and as Postfix's `smtp_tls_security_level = may` does it — the
+    /// connection is encrypted, but the certificate is **not** verified (a self-signed or
+    /// mismatched certificate is the common case between MTAs, and refusing it would turn
+    /// every such upstream into a permanent `451`); what the certificate would have failed is
+    /// logged at debug. A failed handshake fails the session with a `4xx` and the relay does
     /// not retry in plaintext (that retry is what a man in the middle would provoke). Not
-    /// offered, or refused with a reply: plaintext.
+    /// offered, or refused with a reply: plaintext. For a verified upstream, use
+    /// [`Required`](Self::Required).
     #[default]
     Opportunistic,
     /// STARTTLS, with the certificate verified for the name; an upstream that does not offer
@@ -103,6 +108,88 @@ fn client_config(roots: rustls::RootCertStore) -> io::Result<Arc<rustls::ClientC
         .with_root_certificates(roots)
         .with_no_client_auth();
     Ok(Arc::new(config))
+}
+
+/// Opportunistic TLS (RFC 7435): the handshake's signatures are checked as always, so the
+/// session is encrypted with whoever holds the certificate's key, but the certificate itself
+/// (chain, name, dates) is not verified.
+#[cfg(feature = "tls")]
+#[derive(Debug)]
+struct Unverified {
+    provider: Arc<rustls::crypto::CryptoProvider>,
+}
+
+#[cfg(feature = "tls")]
+impl rustls::client::danger::ServerCertVerifier for Unverified {
+    fn verify_server_cert(
+        &self,
+        _end_entity: &rustls::pki_types::CertificateDer<'_>,
+        _intermediates: &[rustls::pki_types::CertificateDer<'_>],
+        server_name: &rustls::pki_types::ServerName<'_>,
+        _ocsp_response: &[u8],
+        _now: rustls::pki_types::UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        log::debug!(
+            "upstream certificate for {server_name:?} not verified: opportunistic TLS encrypts \
+             without authenticating (use --upstream-tls required to verify)"
+        );
+        Ok(rustls::client::danger::ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &rustls::pki_types::CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &rustls::pki_types::CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.provider
+            .signature_verification_algorithms
+            .supported_schemes()
+    }
+}
+
+/// The client configuration of opportunistic TLS: encrypted, certificate not verified (built
+/// once and shared).
+#[cfg(feature = "tls")]
+fn unverified_config() -> io::Result<Arc<rustls::ClientConfig>> {
+    static CONFIG: std::sync::OnceLock<Result<Arc<rustls::ClientConfig>, String>> =
+        std::sync::OnceLock::new();
+    CONFIG
+        .get_or_init(|| {
+            let provider = Arc::new(rustls::crypto::ring::default_provider());
+            let config = rustls::ClientConfig::builder_with_provider(provider.clone())
+                .with_safe_default_protocol_versions()
+                .map_err(|e| e.to_string())?
+                .dangerous()
+                .with_custom_certificate_verifier(Arc::new(Unverified { provider }))
+                .with_no_client_auth();
+            Ok(Arc::new(config))
+        })
+        .clone()
+        .map_err(io::Error::other)
 }
 
 /// A client configuration that trusts only the CA certificates in the PEM file at `path`
@@ -400,9 +487,10 @@ impl RelayHandler {
     #[cfg(feature = "tls")]
     fn begin_tls(&mut self, chat: &mut ChatCtl) {
         use rustls::pki_types::ServerName;
-        let config = match self.options.tls.config.clone() {
-            Some(config) => Ok(config),
-            None => system_roots_config(),
+        let config = match (self.tls_mode, self.options.tls.config.clone()) {
+            (UpstreamTlsMode::Opportunistic, _) => unverified_config(),
+            (_, Some(config)) => Ok(config),
+            (_, None) => system_roots_config(),
         };
         let name = ServerName::try_from(self.tls_name.clone()).map_err(|e| {
             io::Error::new(
