@@ -581,3 +581,25 @@ fn the_null_sender_is_logged_as_empty_angle_brackets() {
     assert!(proc.stderr().contains("from=<> to="), "{}", proc.stderr());
     assert!(!proc.stderr().contains("from=<<>>"), "{}", proc.stderr());
 }
+
+/// `--hostname` names the server in the greeting and the EHLO reply; `--bare-lf normalize`
+/// takes a body with lone LFs that the default refuses.
+#[test]
+fn hostname_and_bare_lf_options() {
+    let script = "import smtplib, sys\n\
+        s = smtplib.SMTP('127.0.0.1', int(sys.argv[1]))\n\
+        print(s.ehlo()[1].decode().splitlines()[0])\n\
+        try:\n    s.sendmail('a@example.com', ['b@example.com'], b'Subject: lf\\nbody\\n')\n    print('accepted')\n\
+        except smtplib.SMTPDataError as e:\n    print('refused', e.smtp_code)\n\
+        s.quit()\n";
+    let (_proc, port) = start_smtpd(&["-n", "-c", "Sink", "--hostname", "mx.test.example"]);
+    let out = python_ok(script, &[&port.to_string()]);
+    assert_eq!(out, "mx.test.example\nrefused 554\n", "{out}");
+    let (_proc, port) = start_smtpd(&["-n", "-c", "Sink", "--bare-lf", "normalize"]);
+    let out = python_ok(script, &[&port.to_string()]);
+    assert!(out.ends_with("accepted\n"), "{out}");
+    let out = ours(&["--hostname", "two words"]);
+    assert!(out.stderr.contains("Invalid host name"), "{out:?}");
+    let out = ours(&["--bare-lf", "maybe"]);
+    assert!(out.stderr.contains("Invalid --bare-lf policy"), "{out:?}");
+}

@@ -62,6 +62,11 @@ pub struct Options {
     /// `--upstream-tls-name NAME`: the name the upstream's certificate must carry; `None`: the
     /// remote host as given.
     pub upstream_tls_name: Option<String>,
+    /// `--hostname NAME`: the name in the greeting, the HELO/EHLO reply, the relay's EHLO and
+    /// its `Received:` header; `None`: the machine's FQDN, as CPython finds it.
+    pub hostname: Option<String>,
+    /// `--bare-lf reject|normalize`: what a lone LF in a message body gets; `None`: reject.
+    pub bare_lf: Option<crate::smtp::BareLf>,
     /// `--mailman-lmtp HOST:PORT|PATH` (MailmanProxy): Mailman 3's LMTP runner.
     pub mailman_lmtp: Option<LmtpTarget>,
     /// `--mailman2-prefix DIR` (MailmanProxy): a Mailman 2 installation instead.
@@ -198,6 +203,8 @@ impl Default for Options {
             upstream_tls: None,
             upstream_ca: None,
             upstream_tls_name: None,
+            hostname: None,
+            bare_lf: None,
             limits: Limits::default(),
             capture: CaptureOptions::default(),
             mailman_lmtp: None,
@@ -281,6 +288,8 @@ enum Action {
 enum Section {
     /// CPython's own options.
     Python,
+    /// Options of ours that apply to every class.
+    Server,
     /// PureProxy's and MailmanProxy's relay options.
     Relay,
     /// The limits, one compact line each.
@@ -298,6 +307,7 @@ impl Section {
     fn heading(self) -> &'static str {
         match self {
             Section::Python => "Options:\n\n",
+            Section::Server => "Server options (not in Python's smtpd):\n\n",
             Section::Relay => "Relay options (PureProxy and MailmanProxy; not in Python's smtpd):\n\n",
             Section::Limits => {
                 "Limits (not in Python's smtpd; defaults and replies in docs/limits.md; 0 = none):\n\n"
@@ -464,6 +474,50 @@ RUST_LOG=warn silences the one line logged per message).",
         action: Action::Help,
         section: Section::Python,
         help: "Show this help and exit.",
+    },
+    // Every class.
+    OptSpec {
+        short: None,
+        long: "hostname",
+        action: Action::Value {
+            metavar: "NAME",
+            set: |o, v| {
+                let name = text(v)?;
+                if name.is_empty() || name.chars().any(|c| c.is_whitespace() || c.is_control()) {
+                    return Err(BadValue::Usage(format!("Invalid host name: {name:?}")));
+                }
+                o.hostname = Some(name.to_owned());
+                Ok(())
+            },
+        },
+        section: Section::Server,
+        help: "The name in the greeting, in the HELO/EHLO reply, in the relay's
+EHLO and Received: header (default: this machine's FQDN; where
+/etc/hosts maps the host name to localhost that is \"localhost\",
+which upstreams checking the HELO name refuse).",
+    },
+    OptSpec {
+        short: None,
+        long: "bare-lf",
+        action: Action::Value {
+            metavar: "POLICY",
+            set: |o, v| {
+                o.bare_lf = Some(match text(v)? {
+                    "reject" => crate::smtp::BareLf::Reject,
+                    "normalize" => crate::smtp::BareLf::Normalize,
+                    other => {
+                        return Err(BadValue::Usage(format!(
+                            "Invalid --bare-lf policy: {other} (reject or normalize)"
+                        )))
+                    }
+                });
+                Ok(())
+            },
+        },
+        section: Section::Server,
+        help: "A lone LF in a message body: reject (the default: 554, as RFC 5321
+asks) or normalize (turned into CRLF; for clients such as curl
+uploading a file with LF line ends).",
     },
     // Relaying.
     OptSpec {

@@ -179,6 +179,9 @@ fn pure_proxy(args: &ClassArgs<'_>) -> Result<PureProxy, String> {
 /// The relay settings shared by PureProxy and MailmanProxy.
 fn relay_options(o: &Options) -> Result<ProxyOptions, String> {
     let mut options = ProxyOptions::default();
+    if let Some(name) = &o.hostname {
+        options.hostname = name.clone();
+    }
     options.relay.tls = upstream_tls(o)?;
     options.trusted.extend(o.trusted.iter().copied());
     options.open_relay = o.open_relay;
@@ -451,6 +454,12 @@ fn serve(options: &Options, classes: &Classes) -> Result<(), String> {
         .trusted_networks
         .extend(options.trusted.iter().copied());
     server_options.session.product = VERSION.to_string();
+    if let Some(name) = &options.hostname {
+        server_options.session.hostname = name.clone();
+    }
+    if let Some(policy) = options.bare_lf {
+        server_options.session.bare_lf = policy;
+    }
     server_options.session.data_size_limit = options.size_limit.unwrap_or(DATA_SIZE_DEFAULT);
     server_options.session.enable_smtputf8 = options.enable_smtputf8;
     apply_tls(&options.tls, &mut server_options)?;
