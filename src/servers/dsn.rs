@@ -5,7 +5,7 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::SystemTime;
 
-use super::headers::{header_end, rfc5322_date};
+use super::headers::{header_end, utc_date};
 use crate::smtp::Reply;
 
 /// Most bytes of the original message's header section quoted in the report.
@@ -56,7 +56,7 @@ pub(crate) fn report(
         .duration_since(SystemTime::UNIX_EPOCH)
         .map_or(0, |d| d.as_micros());
     let boundary = format!("{stamp}.{serial}/{hostname}");
-    let date = rfc5322_date(now);
+    let date = utc_date(now);
     let host = one_line(hostname);
     let mut m = String::new();
     let mut line = |s: &str| {

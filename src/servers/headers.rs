@@ -76,8 +76,18 @@ pub(crate) fn received_header(
         .unwrap_or_default();
     format!(
         "Received: from {from} ({peer_ip})\r\n\tby {by} (smtpd-rs) with {with}{rcpt};\r\n\t{}\r\n",
-        rfc5322_date(now)
+        utc_date(now)
     )
+}
+
+/// An RFC 5322 date in UTC that says so (`+0000`): for the headers this relay writes itself
+/// (`Received:`, notifications). `-0000` means "the zone is unknown" (RFC 5322 3.3), which is
+/// what Python's `formatdate()` writes and what CPython-compatible header completion keeps.
+pub(crate) fn utc_date(t: SystemTime) -> String {
+    let mut date = rfc5322_date(t);
+    date.truncate(date.len() - "-0000".len());
+    date.push_str("+0000");
+    date
 }
 
 /// An RFC 5322 date in UTC, as Python's `email.utils.formatdate()` writes it.
@@ -119,6 +129,17 @@ pub(crate) fn civil_from_days(z: i64) -> (i64, i64, i64) {
 mod tests {
     use super::*;
     use std::time::Duration;
+
+    #[test]
+    fn our_own_headers_say_utc() {
+        let at = UNIX_EPOCH + Duration::from_secs(951_782_400);
+        assert_eq!(utc_date(at), "Tue, 29 Feb 2000 00:00:00 +0000");
+        let received = received_header(Some("c"), "192.0.2.1", "relay", (true, false), None, at);
+        assert!(
+            received.ends_with("Tue, 29 Feb 2000 00:00:00 +0000\r\n"),
+            "{received}"
+        );
+    }
 
     #[test]
     fn dates_match_python_formatdate() {
@@ -174,7 +195,7 @@ mod tests {
         );
         assert_eq!(
             h,
-            "Received: from client.example (127.0.0.1)\r\n\tby relay.example (smtpd-rs) with ESMTP for <b@example.com>;\r\n\tThu, 01 Jan 1970 00:00:00 -0000\r\n"
+            "Received: from client.example (127.0.0.1)\r\n\tby relay.example (smtpd-rs) with ESMTP for <b@example.com>;\r\n\tThu, 01 Jan 1970 00:00:00 +0000\r\n"
         );
     }
 
