@@ -21,8 +21,8 @@ use std::fmt;
 use std::io::{self, Read, Write};
 use std::sync::Arc;
 
+use crate::chat::forward_source;
 use mio::event::Source;
-use mio::{Interest, Registry, Token};
 use rustls::pki_types::ServerName;
 use rustls::{ClientConfig, ClientConnection, Connection, ServerConfig, ServerConnection};
 
@@ -212,27 +212,7 @@ impl Write for TlsStream {
 }
 
 impl Source for TlsStream {
-    fn register(
-        &mut self,
-        registry: &Registry,
-        token: Token,
-        interest: Interest,
-    ) -> io::Result<()> {
-        self.inner.register(registry, token, interest)
-    }
-
-    fn reregister(
-        &mut self,
-        registry: &Registry,
-        token: Token,
-        interest: Interest,
-    ) -> io::Result<()> {
-        self.inner.reregister(registry, token, interest)
-    }
-
-    fn deregister(&mut self, registry: &Registry) -> io::Result<()> {
-        self.inner.deregister(registry)
-    }
+    forward_source!(|t| t.inner);
 }
 
 impl Transport for TlsStream {
