@@ -37,7 +37,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use crate::server::Message;
 
-use super::headers::{civil_from_days, header_end};
+use super::headers::{civil, header_end};
 
 /// Somewhere messages are kept. [`DebuggingServer`](super::DebuggingServer) calls every store
 /// attached to it for each message, in the order they were attached.
@@ -501,45 +501,21 @@ pub(crate) fn json_str(j: &mut String, s: &str) {
     j.push('"');
 }
 
-/// (days since the epoch, seconds into the day, microseconds).
-fn split_time(when: SystemTime) -> (i64, i64, u32) {
-    let since = when.duration_since(UNIX_EPOCH).unwrap_or_default();
-    let secs = since.as_secs() as i64;
-    (
-        secs.div_euclid(86_400),
-        secs.rem_euclid(86_400),
-        since.subsec_micros(),
-    )
-}
-
 /// `2026-12-01T22:20:14.123456Z`.
 fn rfc3339(when: SystemTime) -> String {
-    let (days, rem, micros) = split_time(when);
-    let (y, m, d) = civil_from_days(days);
+    let c = civil(when);
     format!(
-        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{micros:06}Z",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60
+        "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{:06}Z",
+        c.year, c.month, c.day, c.hour, c.minute, c.second, c.micros
     )
 }
 
 /// `Tue Dec  1 22:20:14 2026` (C's `asctime`, UTC).
 fn asctime(when: SystemTime) -> String {
-    const WEEKDAYS: [&str; 7] = ["Thu", "Fri", "Sat", "Sun", "Mon", "Tue", "Wed"];
-    const MONTHS: [&str; 12] = [
-        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
-    ];
-    let (days, rem, _) = split_time(when);
-    let (y, m, d) = civil_from_days(days);
+    let c = civil(when);
     format!(
-        "{} {} {:2} {:02}:{:02}:{:02} {y}",
-        WEEKDAYS[days.rem_euclid(7) as usize],
-        MONTHS[(m - 1) as usize],
-        d,
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60
+        "{} {} {:2} {:02}:{:02}:{:02} {}",
+        c.weekday, c.month_name, c.day, c.hour, c.minute, c.second, c.year
     )
 }
 

@@ -90,30 +90,58 @@ pub(crate) fn utc_date(t: SystemTime) -> String {
     date
 }
 
-/// An RFC 5322 date in UTC, as Python's `email.utils.formatdate()` writes it.
-pub(crate) fn rfc5322_date(t: SystemTime) -> String {
-    let secs = t.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs()) as i64;
-    let days = secs.div_euclid(86_400);
-    let rem = secs.rem_euclid(86_400);
-    let (y, m, d) = civil_from_days(days);
+/// A moment in UTC, broken down for the date formats the servers write.
+pub(crate) struct Civil {
+    /// `Mon` .. `Sun`.
+    pub(crate) weekday: &'static str,
+    /// `Jan` .. `Dec`.
+    pub(crate) month_name: &'static str,
+    pub(crate) year: i64,
+    /// 1-12.
+    pub(crate) month: i64,
+    /// 1-31.
+    pub(crate) day: i64,
+    pub(crate) hour: i64,
+    pub(crate) minute: i64,
+    pub(crate) second: i64,
+    pub(crate) micros: u32,
+}
+
+/// `t` in UTC (times before 1970 count as 1970).
+pub(crate) fn civil(t: SystemTime) -> Civil {
     const WEEKDAYS: [&str; 7] = ["Thu", "Fri", "Sat", "Sun", "Mon", "Tue", "Wed"];
     const MONTHS: [&str; 12] = [
         "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
     ];
+    let since = t.duration_since(UNIX_EPOCH).unwrap_or_default();
+    let secs = since.as_secs() as i64;
+    let days = secs.div_euclid(86_400);
+    let rem = secs.rem_euclid(86_400);
+    let (year, month, day) = civil_from_days(days);
+    Civil {
+        weekday: WEEKDAYS[days.rem_euclid(7) as usize],
+        month_name: MONTHS[(month - 1) as usize],
+        year,
+        month,
+        day,
+        hour: rem / 3600,
+        minute: rem % 3600 / 60,
+        second: rem % 60,
+        micros: since.subsec_micros(),
+    }
+}
+
+/// An RFC 5322 date in UTC, as Python's `email.utils.formatdate()` writes it.
+pub(crate) fn rfc5322_date(t: SystemTime) -> String {
+    let c = civil(t);
     format!(
         "{}, {:02} {} {:04} {:02}:{:02}:{:02} -0000",
-        WEEKDAYS[days.rem_euclid(7) as usize],
-        d,
-        MONTHS[(m - 1) as usize],
-        y,
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60
+        c.weekday, c.day, c.month_name, c.year, c.hour, c.minute, c.second
     )
 }
 
 /// (year, month 1-12, day 1-31) of a day count since 1970-01-01 (proleptic Gregorian).
-pub(crate) fn civil_from_days(z: i64) -> (i64, i64, i64) {
+fn civil_from_days(z: i64) -> (i64, i64, i64) {
     let z = z + 719_468;
     let era = z.div_euclid(146_097);
     let doe = z - era * 146_097;
